@@ -1,0 +1,234 @@
+//! Wiring: the only module that knows every other one. Binds the
+//! listeners, opens the store, loads the keys, starts the services and the
+//! rooms, and drains them on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{self, Audit};
+use crate::config::Config;
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::keys::{self, KeyMaterial};
+use crate::metrics::Metrics;
+use crate::store::{self, Db};
+use crate::web;
+
+/// Where a started broker listens; sent to the caller once everything is up.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub http: SocketAddr,
+    pub ssh: SocketAddr,
+    pub postgres: SocketAddr,
+    pub public_url: url::Url,
+}
+
+/// Runs the broker until `shutdown` is cancelled. `ready` receives the bound
+/// addresses once every room accepts connections.
+pub async fn run(
+    config: Config,
+    env: HashMap<String, String>,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<Running>>,
+) -> anyhow::Result<()> {
+    let _ = &env;
+    // Bind first: a port in use is reported before anything is written.
+    let http_listener = bind("server.http_listen", config.server.http_listen).await?;
+    let ssh_listener = bind("server.ssh_listen", config.server.ssh_listen).await?;
+    let pg_listener = bind("server.postgres_listen", config.server.postgres_listen).await?;
+
+    let database_url = config.database_url();
+    if let Some(path) = sqlite_path(&database_url) {
+        keys::create_private_dir(&config.server.data_dir)
+            .with_context(|| "server.data_dir".to_owned())?;
+        create_private_file(&path)?;
+    }
+    let db = Db::connect(&database_url, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to database {}", store::redact_url(&database_url)))?;
+    let applied = db.migrate().await.context("migrating the database")?;
+    keys::create_private_dir(&config.server.data_dir)
+        .with_context(|| "server.data_dir".to_owned())?;
+    let (keys, generated) =
+        KeyMaterial::load_or_generate(&config.keys_dir()).context("loading key material")?;
+    if !generated.is_empty() {
+        tracing::info!(keys = ?generated, dir = %config.keys_dir().display(), "generated key material");
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let node = config.node_name();
+    let (audit, writer) = audit::start(
+        db.clone(),
+        keys.audit.clone(),
+        &config.audit,
+        node.clone(),
+        metrics.clone(),
+    );
+    let writer_task = tokio::spawn(writer.run());
+    audit
+        .gate(
+            AuditEvent::new(EventKind::ServerStart, Outcome::Success)
+                .actor(format!("pam@{node}"))
+                .details(serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "backend": db.backend(),
+                    "migrations_applied": applied,
+                    "keys_generated": generated,
+                    "dev": config.dev,
+                })),
+        )
+        .await
+        .context("recording server.start in the audit trail")?;
+
+    let running = Running {
+        http: http_listener.local_addr()?,
+        ssh: ssh_listener.local_addr()?,
+        postgres: pg_listener.local_addr()?,
+        public_url: config.server.public_url.clone(),
+    };
+    let rooms = TaskTracker::new();
+    let stop_rooms = shutdown.child_token();
+    let web_deps = web::Deps {
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+        ssh_user_ca: keys::openssh_public(&keys.ssh_user_ca, "pam-user-ca"),
+        ssh_target_ca: keys::openssh_public(&keys.ssh_target_ca, "pam-target-ca"),
+        jwks: jwks(&keys),
+    };
+    let failed = CancellationToken::new();
+    spawn_room(&rooms, "http", &failed, web::serve(http_listener, web_deps, stop_rooms.clone()));
+    // The SSH and PostgreSQL rooms hold their ports until they land.
+    let _held = (ssh_listener, pg_listener);
+
+    tracing::info!(
+        http = %running.http,
+        ssh = %running.ssh,
+        pg = %running.postgres,
+        backend = db.backend(),
+        "listening"
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(running);
+    }
+
+    tokio::select! {
+        _ = shutdown.cancelled() => tracing::info!("shutting down"),
+        _ = failed.cancelled() => tracing::error!("a listener failed; shutting down"),
+    }
+    stop_rooms.cancel();
+    rooms.close();
+    let grace = config.server.shutdown_grace.0;
+    if tokio::time::timeout(grace, rooms.wait()).await.is_err() {
+        tracing::warn!(?grace, "in-flight work did not finish within the grace period");
+    }
+    audit
+        .note(
+            AuditEvent::new(EventKind::ServerStop, Outcome::Success)
+                .actor(format!("pam@{node}"))
+                .details(serde_json::json!({ "failed": failed.is_cancelled() })),
+        )
+        .await;
+    audit.close().await;
+    let _ = writer_task.await;
+    db.close().await;
+    if failed.is_cancelled() {
+        anyhow::bail!("a listener failed (see the log above)");
+    }
+    Ok(())
+}
+
+async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            std::io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("{key} {addr}: {reason}")
+    })
+}
+
+fn spawn_room<F>(rooms: &TaskTracker, name: &'static str, failed: &CancellationToken, room: F)
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let failed = failed.clone();
+    rooms.spawn(async move {
+        if let Err(e) = room.await {
+            tracing::error!(room = name, error = format!("{e:#}"), "listener failed");
+            failed.cancel();
+        }
+    });
+}
+
+/// The public half of the token-signing key, as the JWKS document clients
+/// and other services verify broker tokens with.
+pub fn jwks(keys: &KeyMaterial) -> serde_json::Value {
+    serde_json::json!({
+        "keys": [{
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "alg": "EdDSA",
+            "use": "sig",
+            "kid": keys.token_signing.key_id(),
+            "x": keys.token_signing.public_b64url(),
+        }]
+    })
+}
+
+/// The file of a `sqlite:` URL.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("sqlite:")
+        .map(|p| std::path::PathBuf::from(p.trim_start_matches("//")))
+}
+
+/// Creates an empty file with mode 0600 unless it exists: SQLite then
+/// creates its WAL and shared-memory files with the same mode.
+pub fn create_private_file(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    Ok(())
+}
+
+/// Opens the store and the keys for the offline tools (`pam migrate`,
+/// `pam audit verify`, `pam ca show`) without starting any listener.
+pub async fn open_store(config: &Config) -> anyhow::Result<Db> {
+    let url = config.database_url();
+    if let Some(path) = sqlite_path(&url) {
+        if !path.exists() {
+            anyhow::bail!(
+                "no database at {} (start the broker once, or pass --config / --data-dir)",
+                path.display()
+            );
+        }
+    }
+    Db::connect(&url, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to database {}", store::redact_url(&url)))
+}
+
+pub fn audit_handle_for_tools(db: Db, keys: &KeyMaterial, config: &Config) -> (Audit, audit::Writer) {
+    audit::start(
+        db,
+        keys.audit.clone(),
+        &config.audit,
+        format!("{}-cli", config.node_name()),
+        Arc::new(Metrics::default()),
+    )
+}

@@ -1,0 +1,277 @@
+//! The audit trail service: every part of the broker records through an
+//! [`Audit`] handle; one writer task per process batches the records into
+//! the hash chain.
+//!
+//! A caller is told "recorded" only after the batch holding its event has
+//! committed (fsynced), so an acknowledged event survives a crash. When the
+//! store cannot be written, callers get an error; with `audit.fail_closed`
+//! the action that needed the record is refused ([`Audit::gate`]).
+
+pub mod chain;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::AuditConfig;
+use crate::domain::audit::{AuditError, AuditEvent, EventFilter, EventRecord, now_us};
+use crate::keys::Ed25519Key;
+use crate::metrics::Metrics;
+use crate::store::{self, Db};
+
+/// A cheap, cloneable handle on the audit trail.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Message>,
+    db: Db,
+    fail_closed: bool,
+}
+
+/// The writer task; run it with [`Writer::run`].
+pub struct Writer {
+    rx: mpsc::Receiver<Message>,
+    db: Db,
+    key: Ed25519Key,
+    node: String,
+    checkpoint_every: u64,
+    checkpoint_interval: Duration,
+    batch_max: usize,
+    metrics: Arc<Metrics>,
+}
+
+enum Message {
+    Record(AuditEvent, oneshot::Sender<Result<i64, AuditError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Creates the handle and its writer. `node` names this process in the
+/// trail's head (which writer appended last).
+pub fn start(
+    db: Db,
+    key: Ed25519Key,
+    config: &AuditConfig,
+    node: String,
+    metrics: Arc<Metrics>,
+) -> (Audit, Writer) {
+    let (tx, rx) = mpsc::channel(config.queue);
+    let audit = Audit {
+        tx,
+        db: db.clone(),
+        fail_closed: config.fail_closed,
+    };
+    let writer = Writer {
+        rx,
+        db,
+        key,
+        node,
+        checkpoint_every: config.checkpoint_every,
+        checkpoint_interval: config.checkpoint_interval.0,
+        batch_max: config.batch_max,
+        metrics,
+    };
+    (audit, writer)
+}
+
+impl Audit {
+    /// Appends `event` and waits until it is durable. Returns its place in the chain.
+    pub async fn record(&self, event: AuditEvent) -> Result<i64, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Message::Record(event, done))
+            .await
+            .map_err(|_| AuditError::ShuttingDown)?;
+        wait.await.map_err(|_| AuditError::ShuttingDown)?
+    }
+
+    /// Records an event that an action depends on. Fail-closed (the
+    /// default): the error comes back and the caller refuses the action.
+    /// Fail-open: the failure is logged and the action may proceed.
+    pub async fn gate(&self, event: AuditEvent) -> Result<(), AuditError> {
+        match self.record(event).await {
+            Ok(_) => Ok(()),
+            Err(e) if self.fail_closed => Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "audit record lost (audit.fail_closed = false)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Records an event describing something that already happened (a
+    /// session's end): nothing to refuse, so a failure is logged.
+    pub async fn note(&self, event: AuditEvent) {
+        let kind = event.kind;
+        if let Err(e) = self.record(event).await {
+            tracing::error!(error = %e, %kind, "audit record lost");
+        }
+    }
+
+    /// True when the store answers.
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await
+    }
+
+    pub fn fail_closed(&self) -> bool {
+        self.fail_closed
+    }
+
+    /// Events matching `filter` (newest first unless ascending).
+    pub async fn list(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, store::Error> {
+        store::audit::list(&self.db, filter).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<EventRecord>, store::Error> {
+        store::audit::get(&self.db, id).await
+    }
+
+    /// Flushes everything queued, writes a final checkpoint and stops the
+    /// writer. Later records fail with [`AuditError::ShuttingDown`].
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Message::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+impl Writer {
+    pub async fn run(mut self) {
+        let mut last_checkpoint = Instant::now();
+        let mut ticker = tokio::time::interval(self.checkpoint_interval.max(Duration::from_secs(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        let mut batch: Vec<(AuditEvent, oneshot::Sender<Result<i64, AuditError>>)> =
+            Vec::with_capacity(self.batch_max);
+        loop {
+            let mut close = None;
+            tokio::select! {
+                message = self.rx.recv() => match message {
+                    Some(Message::Record(event, done)) => batch.push((event, done)),
+                    Some(Message::Close(done)) => close = Some(done),
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    if last_checkpoint.elapsed() >= self.checkpoint_interval {
+                        self.checkpoint_head().await;
+                        last_checkpoint = Instant::now();
+                    }
+                    continue;
+                }
+            }
+            // Take whatever else is already queued, up to one batch.
+            while close.is_none() && batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(Message::Record(event, done)) => batch.push((event, done)),
+                    Ok(Message::Close(done)) => close = Some(done),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.flush(&mut batch, &mut failing).await;
+            }
+            if let Some(done) = close {
+                self.rx.close();
+                while let Some(message) = self.rx.recv().await {
+                    match message {
+                        Message::Record(event, reply) => {
+                            batch.push((event, reply));
+                            if batch.len() >= self.batch_max {
+                                self.flush(&mut batch, &mut failing).await;
+                            }
+                        }
+                        Message::Close(other) => {
+                            let _ = other.send(());
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    self.flush(&mut batch, &mut failing).await;
+                }
+                self.checkpoint_head().await;
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    async fn flush(
+        &self,
+        batch: &mut Vec<(AuditEvent, oneshot::Sender<Result<i64, AuditError>>)>,
+        failing: &mut bool,
+    ) {
+        let every = i64::try_from(self.checkpoint_every).unwrap_or(i64::MAX);
+        let key = &self.key;
+        let events: Vec<&AuditEvent> = batch.iter().map(|(e, _)| e).collect();
+        let now = now_us();
+        let result = store::audit::append(&self.db, &self.node, now, |head| {
+            let mut prepared = store::audit::Prepared::default();
+            let mut prev = head.hash;
+            for (i, event) in events.iter().enumerate() {
+                let seq = head.seq + 1 + i as i64;
+                let record = chain::chain(event, seq, &prev);
+                if seq % every == 0 {
+                    prepared
+                        .checkpoints
+                        .push(chain::sign_checkpoint(key, seq, now, &record.hash));
+                }
+                prev.clone_from(&record.hash);
+                prepared.events.push(record);
+            }
+            prepared
+        })
+        .await;
+        match result {
+            Ok(head) => {
+                if *failing {
+                    tracing::info!("audit trail writable again");
+                    *failing = false;
+                }
+                Metrics::add(&self.metrics.audit_appends, batch.len() as u64);
+                Metrics::inc(&self.metrics.audit_batches);
+                let first = head.seq - batch.len() as i64 + 1;
+                for (i, (event, reply)) in batch.drain(..).enumerate() {
+                    let seq = first + i as i64;
+                    tracing::info!(
+                        target: "audit",
+                        seq,
+                        id = %event.id,
+                        kind = event.kind.as_str(),
+                        actor = event.actor.as_deref(),
+                        source_ip = event.source_ip.as_deref(),
+                        target = event.target.as_deref(),
+                        session_id = event.session_id.as_deref(),
+                        outcome = event.outcome.as_str(),
+                        details = %event.details,
+                    );
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.audit_errors, batch.len() as u64);
+                if !*failing {
+                    tracing::error!(error = %e, events = batch.len(), "audit append failed");
+                    *failing = true;
+                }
+                let error = AuditError::Unavailable(e.to_string());
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    async fn checkpoint_head(&self) {
+        let key = &self.key;
+        let result = store::audit::checkpoint_head(&self.db, &self.node, |head| {
+            chain::sign_checkpoint(key, head.seq, now_us(), &head.hash)
+        })
+        .await;
+        match result {
+            Ok(Some(_)) => Metrics::inc(&self.metrics.audit_checkpoints),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
+        }
+    }
+}

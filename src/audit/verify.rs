@@ -1,0 +1,273 @@
+//! Walks the chain and names the first event that was changed, deleted,
+//! inserted or reordered, and any checkpoint that no longer matches.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::audit::chain;
+use crate::domain::audit::{Checkpoint, EventRecord};
+use crate::store::{self, Db};
+
+/// Events read per query.
+const PAGE: u32 = 20_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The event's content no longer matches its hash.
+    Changed,
+    /// Events are missing from the chain.
+    Deleted,
+    /// An event that was never appended sits in the chain.
+    Inserted,
+    /// Events are in a different order than they were appended.
+    Reordered,
+    /// A checkpoint's signature is invalid or its hash does not match the chain.
+    Checkpoint,
+    /// The head (end of chain) disagrees with the events.
+    Truncated,
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub seq: i64,
+    pub event_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub events: i64,
+    pub checkpoints: usize,
+    pub last_checkpoint: Option<Checkpoint>,
+    pub head_seq: i64,
+    pub problems: Vec<Problem>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Verifies the whole trail. `public_key` is the audit checkpoint key;
+/// `progress` is called after each page with the number of events checked.
+pub async fn verify(
+    db: &Db,
+    public_key: &[u8],
+    mut progress: impl FnMut(i64),
+) -> Result<Report, store::Error> {
+    let started = Instant::now();
+    let checkpoints = store::audit::checkpoints(db).await?;
+    let head = store::audit::head(db).await?;
+    let mut by_seq: HashMap<i64, &Checkpoint> = HashMap::new();
+    let mut problems = Vec::new();
+    let mut valid_checkpoints = 0usize;
+    let mut last_checkpoint = None;
+    for checkpoint in &checkpoints {
+        if chain::checkpoint_valid(public_key, checkpoint) {
+            by_seq.insert(checkpoint.seq, checkpoint);
+        } else {
+            problems.push(Problem {
+                kind: ProblemKind::Checkpoint,
+                seq: checkpoint.seq,
+                event_id: None,
+                message: format!(
+                    "checkpoint at seq {} has an invalid signature (forged, or signed by another key than {})",
+                    checkpoint.seq,
+                    hex::encode(&public_key[..8.min(public_key.len())])
+                ),
+            });
+        }
+    }
+
+    let mut expected_seq = 1i64;
+    let mut expected_prev: Vec<u8> = chain::GENESIS.to_vec();
+    let mut checked = 0i64;
+    loop {
+        let page = store::audit::range(db, expected_seq, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        let hashes = hash_page(&page);
+        for (i, record) in page.iter().enumerate() {
+            if record.seq != expected_seq {
+                problems.push(Problem {
+                    kind: ProblemKind::Deleted,
+                    seq: expected_seq,
+                    event_id: Some(record.id.clone()),
+                    message: format!(
+                        "events at seq {}..={} were deleted (the chain jumps to event {} at seq {})",
+                        expected_seq,
+                        record.seq - 1,
+                        record.id,
+                        record.seq
+                    ),
+                });
+            } else if record.prev_hash != expected_prev {
+                problems.push(classify_link(&page, i, &expected_prev));
+            } else if hashes[i].as_slice() != record.hash.as_slice() {
+                problems.push(Problem {
+                    kind: ProblemKind::Changed,
+                    seq: record.seq,
+                    event_id: Some(record.id.clone()),
+                    message: format!(
+                        "event {} at seq {} was changed (its content no longer matches its hash)",
+                        record.id, record.seq
+                    ),
+                });
+            }
+            if let Some(checkpoint) = by_seq.get(&record.seq) {
+                // A checkpoint pins the hash the chain had when it was signed:
+                // a rewritten chain (all hashes recomputed) fails here.
+                if checkpoint.hash != record.hash || hashes[i].as_slice() != record.hash.as_slice() {
+                    problems.push(Problem {
+                        kind: ProblemKind::Checkpoint,
+                        seq: record.seq,
+                        event_id: Some(record.id.clone()),
+                        message: format!(
+                            "signed checkpoint at seq {} does not match the chain: events up to {} were rewritten",
+                            record.seq, record.id
+                        ),
+                    });
+                } else {
+                    valid_checkpoints += 1;
+                    last_checkpoint = Some((*checkpoint).clone());
+                }
+            }
+            expected_prev.clone_from(&record.hash);
+            expected_seq = record.seq + 1;
+            checked += 1;
+        }
+        progress(checked);
+        if page.len() < PAGE as usize {
+            break;
+        }
+    }
+
+    let last_seq = expected_seq - 1;
+    if head.seq > last_seq {
+        problems.push(Problem {
+            kind: ProblemKind::Truncated,
+            seq: last_seq + 1,
+            event_id: None,
+            message: format!(
+                "events after seq {last_seq} were deleted (the chain's head is at seq {})",
+                head.seq
+            ),
+        });
+    } else if head.seq < last_seq || (last_seq > 0 && head.hash != expected_prev) {
+        problems.push(Problem {
+            kind: ProblemKind::Inserted,
+            seq: head.seq + 1,
+            event_id: None,
+            message: format!(
+                "events after the chain's head (seq {}) were added outside the broker",
+                head.seq
+            ),
+        });
+    }
+    for checkpoint in &checkpoints {
+        if checkpoint.seq > last_seq {
+            problems.push(Problem {
+                kind: ProblemKind::Truncated,
+                seq: checkpoint.seq,
+                event_id: None,
+                message: format!(
+                    "a signed checkpoint covers seq {} but the chain ends at seq {last_seq}: events were deleted",
+                    checkpoint.seq
+                ),
+            });
+        }
+    }
+    problems.sort_by_key(|p| p.seq);
+    Ok(Report {
+        events: checked,
+        checkpoints: valid_checkpoints,
+        last_checkpoint,
+        head_seq: head.seq,
+        problems,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Hashes a page on all cores: each event's hash depends only on its own
+/// row (it stores its predecessor's hash), so the work splits freely.
+fn hash_page(page: &[EventRecord]) -> Vec<[u8; 32]> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    if threads <= 1 || page.len() < 4096 {
+        return page.iter().map(chain::hash).collect();
+    }
+    let chunk = page.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = page
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(chain::hash).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// The event at `page[i]` does not chain onto its predecessor. Look at its
+/// neighbours to tell an insertion from a reordering or a deletion.
+fn classify_link(page: &[EventRecord], i: usize, expected_prev: &[u8]) -> Problem {
+    let record = &page[i];
+    let successor = page[i + 1..]
+        .iter()
+        .position(|r| r.prev_hash == expected_prev)
+        .map(|offset| i + 1 + offset);
+    match successor {
+        Some(j) if record.prev_hash == page[j].hash || page[j..].iter().any(|r| r.hash == record.prev_hash) => Problem {
+            kind: ProblemKind::Reordered,
+            seq: record.seq,
+            event_id: Some(record.id.clone()),
+            message: format!(
+                "event {} at seq {} is out of order (reordered): it was appended after event {} now at seq {}",
+                record.id, record.seq, page[j].id, page[j].seq
+            ),
+        },
+        Some(j) if j == i + 1 => Problem {
+            kind: ProblemKind::Inserted,
+            seq: record.seq,
+            event_id: Some(record.id.clone()),
+            message: format!(
+                "event {} at seq {} was inserted (it is not part of the chain)",
+                record.id, record.seq
+            ),
+        },
+        Some(j) => Problem {
+            kind: ProblemKind::Inserted,
+            seq: record.seq,
+            event_id: Some(record.id.clone()),
+            message: format!(
+                "events at seq {}..={} were inserted (the chain continues at seq {})",
+                record.seq,
+                page[j].seq - 1,
+                page[j].seq
+            ),
+        },
+        None => Problem {
+            kind: ProblemKind::Deleted,
+            seq: record.seq,
+            event_id: Some(record.id.clone()),
+            message: format!(
+                "the event before {} at seq {} is missing (deleted and renumbered) or was changed",
+                record.id, record.seq
+            ),
+        },
+    }
+}

@@ -1,0 +1,286 @@
+//! `pam audit ...`: verify the chain, list events, and a load generator
+//! used by the crash-safety test and the benchmarks.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::StoreArgs;
+use crate::audit::verify;
+use crate::config::HumanDuration;
+use crate::domain::audit::{AuditEvent, EventFilter, EventKind, Outcome, format_us, now_us};
+use crate::keys::KeyMaterial;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the tamper-evident chain; exits non-zero on any break.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List audit events, newest first.
+    Events(EventsArgs),
+    /// Append synthetic events as fast as possible, printing each acknowledged id.
+    #[command(hide = true)]
+    Stress {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Events to append (0 = until killed).
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Print `acked SEQ ID` for every acknowledged event.
+        #[arg(long)]
+        print_acks: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only events at or after this time (RFC 3339, a date, or an age like `15m`, `7d`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only events of this kind (repeatable), e.g. `login.failure`.
+    #[arg(long)]
+    kind: Vec<String>,
+    /// Only events by this actor (user email).
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long)]
+    session: Option<String>,
+    /// success, failure or denied.
+    #[arg(long)]
+    outcome: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(command: AuditCommand, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { store, json } => verify_command(&store, json, &env).await,
+        AuditCommand::Events(args) => events_command(args, &env).await,
+        AuditCommand::Stress {
+            store,
+            count,
+            concurrency,
+            print_acks,
+        } => stress_command(&store, count, concurrency, print_acks, &env).await,
+    }
+}
+
+async fn verify_command(
+    store: &StoreArgs,
+    json: bool,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    let config = store.load(env)?;
+    let keys = KeyMaterial::load(&config.keys_dir())?;
+    let db = crate::app::open_store(&config).await?;
+    let interactive = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = verify::verify(&db, &keys.audit.public_bytes(), |checked| {
+        if interactive {
+            eprint!("\rverified {checked} events");
+        }
+    })
+    .await
+    .context("reading the audit trail")?;
+    if interactive {
+        eprintln!();
+    }
+    let rate = report.events as f64 / report.elapsed.as_secs_f64().max(1e-9);
+    if json {
+        let out = serde_json::json!({
+            "ok": report.ok(),
+            "events": report.events,
+            "head_seq": report.head_seq,
+            "checkpoints_verified": report.checkpoints,
+            "last_checkpoint": report.last_checkpoint.as_ref().map(|c| serde_json::json!({
+                "seq": c.seq, "time": format_us(c.time_us), "hash": hex::encode(&c.hash),
+            })),
+            "elapsed_ms": report.elapsed.as_millis() as u64,
+            "problems": report.problems.iter().map(|p| serde_json::json!({
+                "kind": format!("{:?}", p.kind).to_lowercase(),
+                "seq": p.seq,
+                "event_id": p.event_id,
+                "message": p.message,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else if report.ok() {
+        let checkpoint = report
+            .last_checkpoint
+            .as_ref()
+            .map(|c| format!("; last signed checkpoint at seq {} ({})", c.seq, format_us(c.time_us)))
+            .unwrap_or_default();
+        println!(
+            "audit trail OK: {} events, {} signed checkpoints verified{checkpoint} ({:.0} events/s)",
+            report.events, report.checkpoints, rate
+        );
+    } else {
+        println!(
+            "audit trail BROKEN: {} problem(s) in {} events",
+            report.problems.len(),
+            report.events
+        );
+        for problem in &report.problems {
+            println!("  {problem}");
+        }
+        eprintln!(
+            "pam: error: audit trail broken at seq {}: {}",
+            report.problems[0].seq, report.problems[0]
+        );
+    }
+    db.close().await;
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn events_command(args: EventsArgs, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    let config = args.store.load(env)?;
+    let db = crate::app::open_store(&config).await?;
+    for kind in &args.kind {
+        if EventKind::parse(kind).is_none() {
+            anyhow::bail!(
+                "unknown event kind {kind:?}; known kinds: {}",
+                EventKind::ALL.map(EventKind::as_str).join(", ")
+            );
+        }
+    }
+    if let Some(outcome) = &args.outcome
+        && Outcome::parse(outcome).is_none()
+    {
+        anyhow::bail!("--outcome must be success, failure or denied");
+    }
+    let filter = EventFilter {
+        kinds: args.kind.clone(),
+        actor: args.user.clone(),
+        target: args.target.clone(),
+        session_id: args.session.clone(),
+        outcome: args.outcome.clone(),
+        since_us: args.since.as_deref().map(parse_time).transpose()?,
+        until_us: args.until.as_deref().map(parse_time).transpose()?,
+        limit: args.limit,
+        ..EventFilter::default()
+    };
+    let events = crate::store::audit::list(&db, &filter).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        for event in &events {
+            writeln!(out, "{}", event.to_json())?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{:<27}  {:<22}  {:<7}  {:<28}  {:<16}  {:<15}  DETAILS",
+            "TIME (UTC)", "KIND", "OUTCOME", "ACTOR", "TARGET", "SOURCE IP"
+        )?;
+        for e in &events {
+            writeln!(
+                out,
+                "{:<27}  {:<22}  {:<7}  {:<28}  {:<16}  {:<15}  {}",
+                format_us(e.time_us),
+                e.kind,
+                e.outcome,
+                e.actor.as_deref().unwrap_or("-"),
+                e.target.as_deref().unwrap_or("-"),
+                e.source_ip.as_deref().unwrap_or("-"),
+                e.details
+            )?;
+        }
+    }
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stress_command(
+    store: &StoreArgs,
+    count: u64,
+    concurrency: usize,
+    print_acks: bool,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    let config = store.load(env)?;
+    let keys = KeyMaterial::load(&config.keys_dir())?;
+    let db = crate::app::open_store(&config).await?;
+    let (audit, writer) = crate::app::audit_handle_for_tools(db.clone(), &keys, &config);
+    let writer = tokio::spawn(writer.run());
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency.max(1) {
+        let audit = audit.clone();
+        let issued = issued.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if count > 0 && n >= count {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let event = AuditEvent::new(EventKind::AdminChange, Outcome::Success)
+                    .actor("stress@pam")
+                    .target(format!("worker-{worker}"))
+                    .details(serde_json::json!({ "n": n, "what": "synthetic load" }));
+                let id = event.id;
+                let seq = audit.record(event).await?;
+                if print_acks {
+                    println!("acked {seq} {id}");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    audit.close().await;
+    writer.await?;
+    let elapsed = started.elapsed();
+    let done = count.max(1);
+    eprintln!(
+        "appended {done} events in {:.3}s: {:.0} events/s",
+        elapsed.as_secs_f64(),
+        done as f64 / elapsed.as_secs_f64()
+    );
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An absolute time (RFC 3339 or `YYYY-MM-DD`, UTC) or an age (`15m`, `7d`).
+pub fn parse_time(text: &str) -> anyhow::Result<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, &date_format) {
+        let t = date.midnight().assume_utc();
+        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
+    }
+    if let Ok(age) = HumanDuration::parse(text) {
+        return Ok(now_us() - age.0.as_micros() as i64);
+    }
+    anyhow::bail!("invalid time {text:?}: use RFC 3339, YYYY-MM-DD, or an age like 15m or 7d")
+}

@@ -1,0 +1,932 @@
+//! The broker's configuration: one typed tree, read from TOML and overridden by
+//! `PAM_SECTION__KEY` environment variables, validated all at once.
+//!
+//! Every problem is reported together, each with the key's dotted name, so an
+//! operator fixes a file in one pass. Secrets never live in the file: the file
+//! names an environment variable or a file that holds them, and they are loaded
+//! into [`secrecy::SecretString`], which never prints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+/// The whole configuration of `pam serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub oidc: OidcConfig,
+    pub policy: PolicyConfig,
+    pub session: SessionConfig,
+    pub audit: AuditConfig,
+    pub login: LoginConfig,
+    pub aws: AwsConfig,
+    pub targets: Vec<TargetConfig>,
+    /// True for `pam serve --dev`: loopback only, cleartext PostgreSQL on
+    /// loopback allowed, insecure cookies allowed.
+    pub dev: bool,
+}
+
+/// All configuration problems found in one pass.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// A duration written like `15m`, `8h`, `1h30m`, `90s` or `500ms`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $name { $( $(#[doc = $doc])* pub $field: $ty, )* }
+
+        impl Default for $name {
+            fn default() -> Self { Self { $( $field: $default, )* } }
+        }
+
+        impl $name {
+            /// Reads this section key by key so that every bad key is reported.
+            fn read(section: &str, entries: &BTreeMap<String, Source>, errors: &mut Vec<String>) -> Self {
+                let mut out = Self::default();
+                for (key, source) in entries {
+                    match key.as_str() {
+                        $( stringify!($field) => match source.decode::<$ty>() {
+                            Ok(value) => out.$field = value,
+                            Err(e) => errors.push(format!("{section}.{key} ({}): {e}", source.origin())),
+                        }, )*
+                        _ => errors.push(format!("{section}.{key} ({}): unknown key", source.origin())),
+                    }
+                }
+                out
+            }
+        }
+    };
+}
+
+section! {
+    /// `[server]`: listeners, storage and key material.
+    pub struct ServerConfig {
+        /// The URL users and the IdP reach the broker's HTTP room at.
+        public_url: Url = Url::parse("http://127.0.0.1:8080").expect("static url"),
+        http_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
+        ssh_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 2222)),
+        postgres_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 6432)),
+        /// Keys (unless `keys_dir` is set), recordings and the SQLite database.
+        data_dir: PathBuf = PathBuf::from("./pam-data"),
+        /// `sqlite://PATH` or `postgres://...`; defaults to `data_dir/pam.db`.
+        database_url: Option<String> = None,
+        /// Where key material lives; brokers sharing one database share this.
+        keys_dir: Option<PathBuf> = None,
+        /// PEM certificate chain for TLS on the PostgreSQL listener; generated when absent.
+        tls_cert_file: Option<PathBuf> = None,
+        tls_key_file: Option<PathBuf> = None,
+        /// How long in-flight work may take to finish after SIGTERM.
+        shutdown_grace: HumanDuration = HumanDuration::secs(20),
+        /// Upper bound on concurrent connections per listener.
+        max_connections: usize = 10_000,
+        /// Name of this broker process in a fleet; defaults to the host name.
+        node_name: Option<String> = None,
+    }
+}
+
+section! {
+    /// `[oidc]`: the company IdP the broker is a relying party of.
+    pub struct OidcConfig {
+        issuer: Option<Url> = None,
+        client_id: String = "pam".to_owned(),
+        /// Environment variable holding the client secret.
+        client_secret_env: Option<String> = Some("PAM_OIDC_CLIENT_SECRET".to_owned()),
+        /// File holding the client secret (e.g. a mounted Secrets Manager value).
+        client_secret_file: Option<PathBuf> = None,
+        groups_claim: String = "groups".to_owned(),
+        require_mfa: bool = false,
+        /// `amr` values that count as a second factor.
+        mfa_methods: Vec<String> = ["mfa", "otp", "hwk", "swk", "fido", "webauthn", "sms", "totp"]
+            .into_iter().map(str::to_owned).collect(),
+        scopes: Vec<String> = ["openid", "email", "profile", "groups"]
+            .into_iter().map(str::to_owned).collect(),
+        /// Clock skew tolerated on `exp`/`iat`.
+        leeway: HumanDuration = HumanDuration::secs(60),
+    }
+}
+
+section! {
+    /// `[policy]`: where the Cedar policies live.
+    pub struct PolicyConfig {
+        dir: PathBuf = PathBuf::from("policies"),
+        /// Poll interval for file changes (SIGHUP reloads at once).
+        watch_interval: HumanDuration = HumanDuration::secs(2),
+    }
+}
+
+section! {
+    /// `[session]`: lifetimes of broker sessions and of brokered sessions.
+    pub struct SessionConfig {
+        token_ttl: HumanDuration = HumanDuration::secs(8 * 3600),
+        idle_timeout: HumanDuration = HumanDuration::secs(15 * 60),
+        max_duration: HumanDuration = HumanDuration::secs(8 * 3600),
+        /// Record keystrokes of interactive shells (commands of exec channels are always recorded).
+        record_input: bool = false,
+        /// Validity of the certificates the broker signs for targets.
+        target_cert_ttl: HumanDuration = HumanDuration::secs(5 * 60),
+        /// Warning given to users this long before a limit ends their session.
+        warn_before: HumanDuration = HumanDuration::secs(60),
+    }
+}
+
+section! {
+    /// `[audit]`: the tamper-evident trail.
+    pub struct AuditConfig {
+        /// Refuse new sessions and credentials when the trail cannot be written.
+        fail_closed: bool = true,
+        retention_days: u32 = 400,
+        /// Record bind parameter values of database queries.
+        db_params: bool = false,
+        /// A signed checkpoint every this many events.
+        checkpoint_every: u64 = 1000,
+        /// And at least this often while events arrive.
+        checkpoint_interval: HumanDuration = HumanDuration::secs(60),
+        /// Events appended in one transaction at most.
+        batch_max: usize = 2048,
+        /// Bound of the queue in front of the writer (back-pressure beyond it).
+        queue: usize = 65_536,
+    }
+}
+
+section! {
+    /// `[login]`: lockout after repeated failures (PCI DSS 8.3.4).
+    pub struct LoginConfig {
+        max_failures: u32 = 10,
+        failure_window: HumanDuration = HumanDuration::secs(15 * 60),
+        lockout: HumanDuration = HumanDuration::secs(30 * 60),
+    }
+}
+
+section! {
+    /// `[aws]`: the broker's own AWS access.
+    pub struct AwsConfig {
+        region: Option<String> = None,
+        /// Console federation endpoint (getSigninToken / login).
+        federation_url: Url = Url::parse("https://signin.aws.amazon.com/federation").expect("static url"),
+        console_url: Url = Url::parse("https://console.aws.amazon.com/").expect("static url"),
+        /// The broker's own credentials come from a role chain (caps durations at 1 h).
+        role_chaining: bool = true,
+    }
+}
+
+/// One `[[target]]`: something users reach through the broker.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    Ssh(SshTarget),
+    Postgres(PostgresTarget),
+    Aws(AwsTarget),
+    Ecs(EcsTarget),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshTarget {
+    /// `host:port`.
+    pub address: String,
+    /// Pinned host key, OpenSSH format (`ssh-ed25519 AAAA...`).
+    pub host_key: Option<String>,
+    /// Host CA public key whose host certificates are accepted.
+    pub host_ca: Option<String>,
+    /// Default login on the host.
+    pub login: String,
+    /// Other logins users may ask for with `LOGIN@TARGET`.
+    #[serde(default)]
+    pub logins: Vec<String>,
+    #[serde(default)]
+    pub credential: Credential,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTarget {
+    /// `host:port` of the database server.
+    pub address: String,
+    pub database: String,
+    /// Database user the broker logs in as (for `secretsmanager`, the secret may name it).
+    pub db_user: Option<String>,
+    pub credential: Credential,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// CA bundle for `verify-ca` / `verify-full` (e.g. the RDS bundle).
+    pub ca_file: Option<PathBuf>,
+    /// Reach the database through an SSM port-forwarding session.
+    pub via: Option<Via>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsTarget {
+    pub role_arn: String,
+    #[serde(default = "default_aws_max")]
+    pub max_duration: HumanDuration,
+    pub external_id: Option<String>,
+    /// Inline session policy (JSON) that narrows the role per request.
+    pub session_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcsTarget {
+    pub cluster: String,
+    pub service: Option<String>,
+    pub task: Option<String>,
+    pub container: String,
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Via {
+    /// SSM target (instance id or `ecs:CLUSTER_TASK_RUNTIMEID`) that forwards to the database.
+    pub ssm_target: String,
+}
+
+/// Where the broker gets the credential it injects upstream.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(tag = "from", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Credential {
+    /// A short-lived certificate signed by the broker's target CA.
+    #[default]
+    BrokerCa,
+    /// A secret in AWS Secrets Manager (SSH private key, or database password).
+    Secretsmanager { secret_id: String },
+    /// An RDS IAM authentication token generated by the broker.
+    RdsIam { db_user: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Require,
+    VerifyCa,
+    #[default]
+    VerifyFull,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+fn default_aws_max() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+
+impl Config {
+    /// Reads `path` (TOML) and applies `PAM_SECTION__KEY` overrides from `env`.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![format!("reading config file {}: {e}", path.display())])
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            ConfigError(vec![format!(
+                "parsing config file {}: {}",
+                path.display(),
+                e.to_string().trim()
+            )])
+        })?;
+        Self::from_parts(table, env, false)
+    }
+
+    /// The `--dev` configuration: no file, everything under `data_dir`, loopback listeners.
+    pub fn dev(data_dir: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut server = toml::Table::new();
+        server.insert(
+            "data_dir".into(),
+            toml::Value::String(data_dir.display().to_string()),
+        );
+        table.insert("server".into(), toml::Value::Table(server));
+        Self::from_parts(table, env, true)
+    }
+
+    /// Builds a config from an already parsed table (tests and `--dev`).
+    pub fn from_parts(
+        mut table: toml::Table,
+        env: &HashMap<String, String>,
+        dev: bool,
+    ) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        let targets_value = table.remove("target");
+        let mut sections: BTreeMap<String, BTreeMap<String, Source>> = BTreeMap::new();
+        for (name, value) in table {
+            match value {
+                toml::Value::Table(t) => {
+                    let entry = sections.entry(name).or_default();
+                    for (k, v) in t {
+                        entry.insert(k, Source::File(v));
+                    }
+                }
+                _ => errors.push(format!("{name}: expected a [{name}] section")),
+            }
+        }
+        for (var, raw) in env {
+            let Some(rest) = var.strip_prefix("PAM_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            sections
+                .entry(section.to_ascii_lowercase())
+                .or_default()
+                .insert(
+                    key.to_ascii_lowercase(),
+                    Source::Env {
+                        var: var.clone(),
+                        raw: raw.clone(),
+                    },
+                );
+        }
+
+        let empty = BTreeMap::new();
+        let get = |name: &str| sections.get(name).unwrap_or(&empty);
+        let server = ServerConfig::read("server", get("server"), &mut errors);
+        let oidc = OidcConfig::read("oidc", get("oidc"), &mut errors);
+        let policy = PolicyConfig::read("policy", get("policy"), &mut errors);
+        let session = SessionConfig::read("session", get("session"), &mut errors);
+        let audit = AuditConfig::read("audit", get("audit"), &mut errors);
+        let login = LoginConfig::read("login", get("login"), &mut errors);
+        let aws = AwsConfig::read("aws", get("aws"), &mut errors);
+        for (name, entries) in &sections {
+            if ![
+                "server", "oidc", "policy", "session", "audit", "login", "aws",
+            ]
+            .contains(&name.as_str())
+            {
+                let origin = entries
+                    .values()
+                    .next()
+                    .map(Source::origin)
+                    .unwrap_or_default();
+                errors.push(format!("{name} ({origin}): unknown section"));
+            }
+        }
+        let targets = read_targets(targets_value, &mut errors);
+
+        let mut config = Config {
+            server,
+            oidc,
+            policy,
+            session,
+            audit,
+            login,
+            aws,
+            targets,
+            dev,
+        };
+        config.check(&mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    /// Cross-field checks, after every key has been read.
+    fn check(&mut self, errors: &mut Vec<String>) {
+        if self.dev {
+            for (key, addr) in [
+                ("server.http_listen", self.server.http_listen),
+                ("server.ssh_listen", self.server.ssh_listen),
+                ("server.postgres_listen", self.server.postgres_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    errors.push(format!("{key}: --dev listens on loopback only, got {addr}"));
+                }
+            }
+        }
+        if !matches!(self.server.public_url.scheme(), "http" | "https") {
+            errors.push("server.public_url: must be an http or https URL".into());
+        }
+        if let Some(url) = &self.server.database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            errors.push("server.database_url: must start with sqlite: or postgres://".into());
+        }
+        if self.session.token_ttl.0 < Duration::from_secs(60) {
+            errors.push("session.token_ttl: must be at least 1m".into());
+        }
+        if self.session.idle_timeout.0.is_zero() || self.session.max_duration.0.is_zero() {
+            errors.push("session.idle_timeout / session.max_duration: must not be zero".into());
+        }
+        if self.audit.checkpoint_every == 0 {
+            errors.push("audit.checkpoint_every: must be at least 1".into());
+        }
+        if self.audit.batch_max == 0 || self.audit.queue == 0 {
+            errors.push("audit.batch_max / audit.queue: must be at least 1".into());
+        }
+        if self.oidc.issuer.is_some()
+            && self.oidc.client_secret_env.is_none()
+            && self.oidc.client_secret_file.is_none()
+        {
+            errors.push(
+                "oidc: a confidential client needs client_secret_env or client_secret_file".into(),
+            );
+        }
+    }
+
+    /// The database the broker stores its state in.
+    pub fn database_url(&self) -> String {
+        match &self.server.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.server.data_dir.join("pam.db").display()),
+        }
+    }
+
+    /// Where key material is read from and generated into.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.server
+            .keys_dir
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("keys"))
+    }
+
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.server.data_dir.join("recordings")
+    }
+
+    pub fn node_name(&self) -> String {
+        if let Some(name) = &self.server.node_name {
+            return name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "pam".to_owned())
+    }
+
+    pub fn target(&self, name: &str) -> Option<&TargetConfig> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+impl OidcConfig {
+    /// Loads the client secret from the environment or a file; never from the config itself.
+    pub fn client_secret(
+        &self,
+        env: &HashMap<String, String>,
+    ) -> Result<Option<SecretString>, String> {
+        if let Some(path) = &self.client_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "oidc.client_secret_file: reading {}: {}",
+                    path.display(),
+                    e.kind()
+                )
+            })?;
+            return Ok(Some(SecretString::from(text.trim().to_owned())));
+        }
+        if let Some(var) = &self.client_secret_env {
+            return Ok(env
+                .get(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| SecretString::from(v.clone())));
+        }
+        Ok(None)
+    }
+}
+
+impl TargetConfig {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            TargetKind::Ssh(_) => "ssh",
+            TargetKind::Postgres(_) => "postgres",
+            TargetKind::Aws(_) => "aws",
+            TargetKind::Ecs(_) => "ecs",
+        }
+    }
+}
+
+/// Valid target names can appear in SSH usernames, database names and URLs.
+pub fn valid_target_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn read_targets(value: Option<toml::Value>, errors: &mut Vec<String>) -> Vec<TargetConfig> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let toml::Value::Array(items) = value else {
+        errors.push("target: expected [[target]] tables".into());
+        return Vec::new();
+    };
+    let mut out: Vec<TargetConfig> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let toml::Value::Table(mut table) = item else {
+            errors.push(format!("target[{index}]: expected a table"));
+            continue;
+        };
+        let name = match table.remove("name") {
+            Some(toml::Value::String(s)) => s,
+            _ => {
+                errors.push(format!("target[{index}].name: missing or not a string"));
+                continue;
+            }
+        };
+        let label = format!("target[{index}] \"{name}\"");
+        if !valid_target_name(&name) {
+            errors.push(format!(
+                "{label}.name: use letters, digits, '-', '_' and '.', starting with a letter or digit"
+            ));
+        }
+        if out.iter().any(|t| t.name == name) {
+            errors.push(format!("{label}.name: duplicate target name"));
+        }
+        let tags = match table.remove("tags") {
+            None => BTreeMap::new(),
+            Some(v) => match v.try_into::<BTreeMap<String, String>>() {
+                Ok(tags) => tags,
+                Err(e) => {
+                    errors.push(format!("{label}.tags: {}", clean(&e.to_string())));
+                    BTreeMap::new()
+                }
+            },
+        };
+        let kind_name = match table.remove("kind") {
+            Some(toml::Value::String(s)) => s,
+            _ => {
+                errors.push(format!(
+                    "{label}.kind: missing (one of ssh, postgres, aws, ecs)"
+                ));
+                continue;
+            }
+        };
+        let value = toml::Value::Table(table);
+        let kind = match kind_name.as_str() {
+            "ssh" => value.try_into().map(TargetKind::Ssh),
+            "postgres" => value.try_into().map(TargetKind::Postgres),
+            "aws" => value.try_into().map(TargetKind::Aws),
+            "ecs" => value.try_into().map(TargetKind::Ecs),
+            other => {
+                errors.push(format!(
+                    "{label}.kind: unknown kind {other:?} (one of ssh, postgres, aws, ecs)"
+                ));
+                continue;
+            }
+        };
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(e) => {
+                errors.push(format!("{label}: {}", clean(&e.to_string())));
+                continue;
+            }
+        };
+        check_target(&label, &kind, errors);
+        out.push(TargetConfig { name, tags, kind });
+    }
+    out
+}
+
+fn check_target(label: &str, kind: &TargetKind, errors: &mut Vec<String>) {
+    match kind {
+        TargetKind::Ssh(ssh) => {
+            if ssh.host_key.is_none() && ssh.host_ca.is_none() {
+                errors.push(format!(
+                    "{label}: set host_key (pinned) or host_ca; the broker never trusts on first use"
+                ));
+            }
+            if matches!(ssh.credential, Credential::RdsIam { .. }) {
+                errors.push(format!(
+                    "{label}.credential: rds-iam is for postgres targets"
+                ));
+            }
+            if !ssh.address.contains(':') {
+                errors.push(format!("{label}.address: expected host:port"));
+            }
+        }
+        TargetKind::Postgres(pg) => {
+            if pg.credential == Credential::BrokerCa {
+                errors.push(format!(
+                    "{label}.credential: postgres targets need secretsmanager or rds-iam"
+                ));
+            }
+            if matches!(pg.credential, Credential::RdsIam { .. }) && pg.tls == TlsMode::Disable {
+                errors.push(format!(
+                    "{label}.tls: RDS IAM tokens are only sent over TLS"
+                ));
+            }
+            if !pg.address.contains(':') {
+                errors.push(format!("{label}.address: expected host:port"));
+            }
+        }
+        TargetKind::Aws(aws) => {
+            if !aws.role_arn.starts_with("arn:aws") || !aws.role_arn.contains(":role/") {
+                errors.push(format!("{label}.role_arn: not an IAM role ARN"));
+            }
+            let secs = aws.max_duration.0.as_secs();
+            if !(900..=43_200).contains(&secs) {
+                errors.push(format!(
+                    "{label}.max_duration: STS allows 15m to 12h, got {}",
+                    aws.max_duration
+                ));
+            }
+        }
+        TargetKind::Ecs(ecs) => {
+            if ecs.service.is_none() && ecs.task.is_none() {
+                errors.push(format!("{label}: set service or task"));
+            }
+        }
+    }
+}
+
+/// Where a configuration value came from, so errors can point at it.
+#[derive(Debug, Clone)]
+enum Source {
+    File(toml::Value),
+    Env { var: String, raw: String },
+}
+
+impl Source {
+    fn origin(&self) -> String {
+        match self {
+            Source::File(_) => "config file".to_owned(),
+            Source::Env { var, .. } => format!("env {var}"),
+        }
+    }
+
+    /// Environment values are strings; when the key wants a number, a
+    /// boolean or a list, the value is read as a TOML literal instead.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        match self {
+            Source::File(value) => value
+                .clone()
+                .try_into::<T>()
+                .map_err(|e| clean(&e.to_string())),
+            Source::Env { raw, .. } => {
+                let as_string = toml::Value::String(raw.clone()).try_into::<T>();
+                match as_string {
+                    Ok(v) => Ok(v),
+                    Err(first) => {
+                        let literal: Result<toml::Table, _> = toml::from_str(&format!("v = {raw}"));
+                        match literal.ok().and_then(|mut t| t.remove("v")) {
+                            Some(value) => value.try_into::<T>().map_err(|e| clean(&e.to_string())),
+                            None => Err(clean(&first.to_string())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn clean(message: &str) -> String {
+    message.trim().replace('\n', " ")
+}
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("empty duration".into());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(format!(
+                    "invalid duration {text:?} (use e.g. 30s, 15m, 8h, 1h30m)"
+                ));
+            }
+            let number: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("invalid duration {text:?}"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let part = match unit {
+                "ms" => Duration::from_millis(number),
+                "s" => Duration::from_secs(number),
+                "m" => Duration::from_secs(number.saturating_mul(60)),
+                "h" => Duration::from_secs(number.saturating_mul(3600)),
+                "d" => Duration::from_secs(number.saturating_mul(86_400)),
+                _ => {
+                    return Err(format!(
+                        "invalid duration {text:?}: unit must be ms, s, m, h or d"
+                    ));
+                }
+            };
+            total = total.saturating_add(part);
+        }
+        Ok(Self(total))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            return write!(f, "{ms}ms");
+        }
+        let mut secs = self.0.as_secs();
+        if secs == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+            if secs >= size {
+                write!(f, "{}{unit}", secs / size)?;
+                secs %= size;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(table, &env, false)
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        for (text, secs) in [
+            ("15m", 900),
+            ("8h", 28_800),
+            ("1h30m", 5400),
+            ("90s", 90),
+            ("2d", 172_800),
+        ] {
+            let d = HumanDuration::parse(text).unwrap();
+            assert_eq!(d.0.as_secs(), secs, "{text}");
+            assert_eq!(HumanDuration::parse(&d.to_string()).unwrap(), d);
+        }
+        assert_eq!(
+            HumanDuration::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
+        for bad in ["", "m", "15", "15x", "h1", "-5m"] {
+            assert!(HumanDuration::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_apply_and_env_overrides_win() {
+        let config = load(
+            "[server]\nhttp_listen = \"127.0.0.1:9999\"\n[session]\nidle_timeout = \"5m\"\n",
+            &[
+                ("PAM_SERVER__HTTP_LISTEN", "127.0.0.1:7777"),
+                ("PAM_AUDIT__FAIL_CLOSED", "false"),
+                ("PAM_OIDC__CLIENT_ID", "12345"),
+                ("PAM_REASON", "ignored: no double underscore"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.http_listen.port(), 7777);
+        assert_eq!(config.session.idle_timeout.0.as_secs(), 300);
+        assert_eq!(config.session.max_duration.0.as_secs(), 8 * 3600);
+        assert!(!config.audit.fail_closed);
+        assert_eq!(config.oidc.client_id, "12345");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = load(
+            r#"
+            [server]
+            http_listen = "not an address"
+            colour = "blue"
+            [session]
+            idle_timeout = "soon"
+            [nonsense]
+            x = 1
+            [[target]]
+            name = "db"
+            kind = "postgres"
+            address = "db:5432"
+            database = "orders"
+            credential = { from = "secretsmanager", secret_id = "x" }
+            typo = 1
+            [[target]]
+            name = "bad name!"
+            kind = "aws"
+            role_arn = "arn:aws:iam::1:role/R"
+            max_duration = "13h"
+            "#,
+            &[("PAM_AUDIT__FAIL_CLOSED", "maybe")],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "server.http_listen",
+            "server.colour (config file): unknown key",
+            "session.idle_timeout",
+            "nonsense",
+            "target[0] \"db\"",
+            "typo",
+            "target[1] \"bad name!\".name",
+            "max_duration",
+            "audit.fail_closed (env PAM_AUDIT__FAIL_CLOSED)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(err.0.len(), 8, "{text}");
+    }
+
+    #[test]
+    fn targets_are_typed() {
+        let config = load(
+            r#"
+            [[target]]
+            name = "bastion-dev"
+            kind = "ssh"
+            address = "10.0.1.5:22"
+            host_key = "ssh-ed25519 AAAA"
+            login = "ec2-user"
+            tags = { env = "dev" }
+            [[target]]
+            name = "orders-prod"
+            kind = "postgres"
+            address = "orders.example:5432"
+            database = "orders"
+            credential = { from = "rds-iam", db_user = "pam_ro" }
+            tags = { env = "prod" }
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.targets.len(), 2);
+        let TargetKind::Ssh(ssh) = &config.targets[0].kind else {
+            panic!("ssh")
+        };
+        assert_eq!(ssh.credential, Credential::BrokerCa);
+        assert_eq!(config.targets[0].tags["env"], "dev");
+        let TargetKind::Postgres(pg) = &config.targets[1].kind else {
+            panic!("pg")
+        };
+        assert_eq!(pg.tls, TlsMode::VerifyFull);
+        assert_eq!(
+            pg.credential,
+            Credential::RdsIam {
+                db_user: "pam_ro".into()
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = SecretString::from("hunter2".to_owned());
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,345 @@
+//! Audit events: the closed set of kinds and the record every room emits.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// What happened. Names are the contract of PRODUCT.md ("Audit events").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "login.success")]
+    LoginSuccess,
+    #[serde(rename = "login.failure")]
+    LoginFailure,
+    #[serde(rename = "login.lockout")]
+    LoginLockout,
+    #[serde(rename = "logout")]
+    Logout,
+    #[serde(rename = "token.issued")]
+    TokenIssued,
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
+    #[serde(rename = "ssh_cert.issued")]
+    SshCertIssued,
+    #[serde(rename = "policy.decision")]
+    PolicyDecision,
+    #[serde(rename = "session.start")]
+    SessionStart,
+    #[serde(rename = "session.end")]
+    SessionEnd,
+    #[serde(rename = "ssh.exec")]
+    SshExec,
+    #[serde(rename = "ssh.file_transfer")]
+    SshFileTransfer,
+    #[serde(rename = "ssh.host_key_mismatch")]
+    SshHostKeyMismatch,
+    #[serde(rename = "db.query")]
+    DbQuery,
+    #[serde(rename = "aws.credentials.issued")]
+    AwsCredentialsIssued,
+    #[serde(rename = "aws.console.issued")]
+    AwsConsoleIssued,
+    #[serde(rename = "admin.change")]
+    AdminChange,
+    #[serde(rename = "audit.view")]
+    AuditView,
+    #[serde(rename = "audit.export")]
+    AuditExport,
+    #[serde(rename = "breakglass.used")]
+    BreakglassUsed,
+    #[serde(rename = "server.start")]
+    ServerStart,
+    #[serde(rename = "server.stop")]
+    ServerStop,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 22] = [
+        EventKind::LoginSuccess,
+        EventKind::LoginFailure,
+        EventKind::LoginLockout,
+        EventKind::Logout,
+        EventKind::TokenIssued,
+        EventKind::TokenRevoked,
+        EventKind::SshCertIssued,
+        EventKind::PolicyDecision,
+        EventKind::SessionStart,
+        EventKind::SessionEnd,
+        EventKind::SshExec,
+        EventKind::SshFileTransfer,
+        EventKind::SshHostKeyMismatch,
+        EventKind::DbQuery,
+        EventKind::AwsCredentialsIssued,
+        EventKind::AwsConsoleIssued,
+        EventKind::AdminChange,
+        EventKind::AuditView,
+        EventKind::AuditExport,
+        EventKind::BreakglassUsed,
+        EventKind::ServerStart,
+        EventKind::ServerStop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::LoginSuccess => "login.success",
+            EventKind::LoginFailure => "login.failure",
+            EventKind::LoginLockout => "login.lockout",
+            EventKind::Logout => "logout",
+            EventKind::TokenIssued => "token.issued",
+            EventKind::TokenRevoked => "token.revoked",
+            EventKind::SshCertIssued => "ssh_cert.issued",
+            EventKind::PolicyDecision => "policy.decision",
+            EventKind::SessionStart => "session.start",
+            EventKind::SessionEnd => "session.end",
+            EventKind::SshExec => "ssh.exec",
+            EventKind::SshFileTransfer => "ssh.file_transfer",
+            EventKind::SshHostKeyMismatch => "ssh.host_key_mismatch",
+            EventKind::DbQuery => "db.query",
+            EventKind::AwsCredentialsIssued => "aws.credentials.issued",
+            EventKind::AwsConsoleIssued => "aws.console.issued",
+            EventKind::AdminChange => "admin.change",
+            EventKind::AuditView => "audit.view",
+            EventKind::AuditExport => "audit.export",
+            EventKind::BreakglassUsed => "breakglass.used",
+            EventKind::ServerStart => "server.start",
+            EventKind::ServerStop => "server.stop",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Denied => "denied",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "success" => Some(Outcome::Success),
+            "failure" => Some(Outcome::Failure),
+            "denied" => Some(Outcome::Denied),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One audit record before it takes its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    /// Microseconds since the Unix epoch, UTC.
+    pub time_us: i64,
+    pub kind: EventKind,
+    /// The human (email) or the component that acted.
+    pub actor: Option<String>,
+    pub source_ip: Option<String>,
+    pub target: Option<String>,
+    pub session_id: Option<String>,
+    pub outcome: Outcome,
+    /// Kind-specific structured fields; never secrets.
+    pub details: Value,
+}
+
+impl AuditEvent {
+    pub fn new(kind: EventKind, outcome: Outcome) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            time_us: now_us(),
+            kind,
+            actor: None,
+            source_ip: None,
+            target: None,
+            session_id: None,
+            outcome,
+            details: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    pub fn source_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.source_ip = ip.map(|ip| ip.to_canonical().to_string());
+        self
+    }
+
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+
+    pub fn session(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    pub fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn time(&self) -> OffsetDateTime {
+        from_us(self.time_us)
+    }
+}
+
+/// An event as stored, field for field: what the hash chain covers. Fields
+/// are kept as stored text so that verification never depends on parsing
+/// (a tampered `kind` must still be hashed, and reported, as it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub id: String,
+    pub time_us: i64,
+    pub kind: String,
+    pub actor: Option<String>,
+    pub source_ip: Option<String>,
+    pub target: Option<String>,
+    pub session_id: Option<String>,
+    pub outcome: String,
+    /// Canonical JSON: sorted keys, no insignificant whitespace.
+    pub details: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// A signed statement that the chain's event `seq` has hash `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub time_us: i64,
+    pub hash: Vec<u8>,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+/// Which events to list. Every field narrows; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub kinds: Vec<String>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub session_id: Option<String>,
+    pub outcome: Option<String>,
+    pub source_ip: Option<String>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    /// Keyset cursor: only events with a smaller `seq` (newest first pages).
+    pub before_seq: Option<i64>,
+    /// Keyset cursor: only events with a larger `seq` (oldest first pages).
+    pub after_seq: Option<i64>,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
+    pub limit: u32,
+}
+
+impl EventRecord {
+    /// The JSON form used by `--json` output, exports and the API.
+    pub fn to_json(&self) -> Value {
+        let details = serde_json::from_str(&self.details)
+            .unwrap_or_else(|_| Value::String(self.details.clone()));
+        serde_json::json!({
+            "seq": self.seq,
+            "id": self.id,
+            "time": format_us(self.time_us),
+            "kind": self.kind,
+            "actor": self.actor,
+            "source_ip": self.source_ip,
+            "target": self.target,
+            "session_id": self.session_id,
+            "outcome": self.outcome,
+            "details": details,
+            "prev_hash": hex::encode(&self.prev_hash),
+            "hash": hex::encode(&self.hash),
+        })
+    }
+}
+
+/// Why an audit record could not be written. Callers that needed the record
+/// refuse their action when the trail is fail-closed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit trail cannot be written: {0}")]
+    Unavailable(String),
+    #[error("the audit trail is shutting down")]
+    ShuttingDown,
+}
+
+pub fn now_us() -> i64 {
+    let now = OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+pub fn from_us(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// RFC 3339 with microseconds, always UTC (`2026-11-26T12:00:00.123456Z`).
+pub fn format_us(us: i64) -> String {
+    let t = from_us(us);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+    }
+
+    #[test]
+    fn times_format_in_utc_with_micros() {
+        assert_eq!(format_us(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_us(1_795_689_093_123_456), "2026-11-26T10:31:33.123456Z");
+    }
+}

@@ -1,0 +1,4 @@
+//! Shared vocabulary of the broker, free of I/O: audit events, principals,
+//! targets, actions and decisions. Every other module speaks these types.
+
+pub mod audit;

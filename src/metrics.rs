@@ -1,0 +1,155 @@
+//! Process metrics in the Prometheus text format: plain atomics, no registry.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters and gauges every part of the broker updates. One per process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub audit_appends: AtomicU64,
+    pub audit_batches: AtomicU64,
+    pub audit_errors: AtomicU64,
+    pub audit_checkpoints: AtomicU64,
+    pub logins_success: AtomicU64,
+    pub logins_failure: AtomicU64,
+    pub policy_permits: AtomicU64,
+    pub policy_denials: AtomicU64,
+    pub sessions_started: [AtomicU64; SESSION_KINDS.len()],
+    pub sessions_active: [AtomicU64; SESSION_KINDS.len()],
+    pub credentials_issued: AtomicU64,
+    pub connection_errors: AtomicU64,
+    pub http_requests: AtomicU64,
+}
+
+/// Session kinds, in the order of the per-kind arrays above.
+pub const SESSION_KINDS: [&str; 3] = ["ssh", "postgres", "ecs"];
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Marks a session of `kind` as started; the guard marks it ended on drop.
+    pub fn session(self: &Arc<Self>, kind: &str) -> SessionGauge {
+        let index = SESSION_KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        Self::inc(&self.sessions_started[index]);
+        Self::inc(&self.sessions_active[index]);
+        SessionGauge {
+            metrics: Arc::clone(self),
+            index,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "pam_audit_appends_total",
+            "Audit events appended to the chain.",
+            get(&self.audit_appends),
+        );
+        counter(
+            &mut out,
+            "pam_audit_batches_total",
+            "Audit append transactions.",
+            get(&self.audit_batches),
+        );
+        counter(
+            &mut out,
+            "pam_audit_errors_total",
+            "Audit appends that failed (callers were refused when fail-closed).",
+            get(&self.audit_errors),
+        );
+        counter(
+            &mut out,
+            "pam_audit_checkpoints_total",
+            "Signed audit checkpoints written.",
+            get(&self.audit_checkpoints),
+        );
+        let _ = writeln!(out, "# HELP pam_logins_total Login attempts by outcome.");
+        let _ = writeln!(out, "# TYPE pam_logins_total counter");
+        let _ = writeln!(
+            out,
+            "pam_logins_total{{outcome=\"success\"}} {}",
+            get(&self.logins_success)
+        );
+        let _ = writeln!(
+            out,
+            "pam_logins_total{{outcome=\"failure\"}} {}",
+            get(&self.logins_failure)
+        );
+        let _ = writeln!(out, "# HELP pam_policy_decisions_total Policy decisions.");
+        let _ = writeln!(out, "# TYPE pam_policy_decisions_total counter");
+        let _ = writeln!(
+            out,
+            "pam_policy_decisions_total{{decision=\"allow\"}} {}",
+            get(&self.policy_permits)
+        );
+        let _ = writeln!(
+            out,
+            "pam_policy_decisions_total{{decision=\"deny\"}} {}",
+            get(&self.policy_denials)
+        );
+        let _ = writeln!(out, "# HELP pam_sessions_total Sessions started, by kind.");
+        let _ = writeln!(out, "# TYPE pam_sessions_total counter");
+        for (i, kind) in SESSION_KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "pam_sessions_total{{kind=\"{kind}\"}} {}",
+                get(&self.sessions_started[i])
+            );
+        }
+        let _ = writeln!(out, "# HELP pam_sessions_active Sessions running now, by kind.");
+        let _ = writeln!(out, "# TYPE pam_sessions_active gauge");
+        for (i, kind) in SESSION_KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "pam_sessions_active{{kind=\"{kind}\"}} {}",
+                get(&self.sessions_active[i])
+            );
+        }
+        counter(
+            &mut out,
+            "pam_credentials_issued_total",
+            "Credentials issued (certificates, STS credentials, tokens).",
+            get(&self.credentials_issued),
+        );
+        counter(
+            &mut out,
+            "pam_connection_errors_total",
+            "Connections that ended with an error.",
+            get(&self.connection_errors),
+        );
+        counter(
+            &mut out,
+            "pam_http_requests_total",
+            "HTTP requests served.",
+            get(&self.http_requests),
+        );
+        out
+    }
+}
+
+/// Decrements the active-session gauge when the session ends.
+pub struct SessionGauge {
+    metrics: Arc<Metrics>,
+    index: usize,
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.metrics.sessions_active[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {value}");
+}

@@ -1,0 +1,186 @@
+//! Storage: the only module with SQL. SQLite by default (WAL, fsync on
+//! commit), PostgreSQL for fleets; both through sqlx with bound parameters.
+//!
+//! Queries are written once with `$N` placeholders, which both backends
+//! accept, and run against either pool through [`with_db!`]. Migrations are
+//! embedded from `migrations/<backend>/` and are append-only.
+
+pub mod audit;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+}
+
+/// A handle on the broker's database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("applying migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs the same body against whichever pool `db` holds. The body is
+/// compiled once per backend, so each arm is monomorphic.
+macro_rules! with_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_db;
+
+impl Db {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), failing within
+    /// `timeout` when the server does not answer.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?.application_name("pam");
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .min_connections(1)
+                .acquire_timeout(timeout)
+                .connect_with(options);
+            let pool = tokio::time::timeout(timeout, pool)
+                .await
+                .map_err(|_| Error::Invalid(format!("no answer within {timeout:?}")))??;
+            Ok(Db::Postgres(pool))
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // An acknowledged audit event survives a crash and a power loss.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .min_connections(1)
+                .acquire_timeout(timeout)
+                .connect_with(options)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            Err(Error::Invalid(
+                "database_url must start with sqlite: or postgres://".into(),
+            ))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies the embedded migrations. Concurrent brokers on one PostgreSQL
+    /// database serialize on sqlx's advisory lock.
+    pub async fn migrate(&self) -> Result<usize> {
+        let list = match self {
+            Db::Sqlite(_) => embedded::SQLITE,
+            Db::Postgres(_) => embedded::POSTGRES,
+        };
+        let migrations = list
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    (*name).into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let migrator = Migrator::with_migrations(migrations);
+        let before = self.applied_migrations().await.unwrap_or(0);
+        with_db!(self, pool => migrator.run(pool).await)?;
+        let after = self.applied_migrations().await?;
+        Ok(after.saturating_sub(before))
+    }
+
+    async fn applied_migrations(&self) -> Result<usize> {
+        let count: i64 = with_db!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        let result: std::result::Result<i32, _> =
+            with_db!(self, pool => sqlx::query_scalar("SELECT 1").fetch_one(pool).await);
+        result.is_ok()
+    }
+
+    pub async fn close(&self) {
+        with_db!(self, pool => pool.close().await)
+    }
+}
+
+/// A database URL with any password replaced, fit for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Dynamic SQL assembled from fixed fragments only (never from input).
+pub(crate) fn sql(text: String) -> AssertSqlSafe<String> {
+    AssertSqlSafe(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://pam:s3cret@db:5432/pam"),
+            "postgres://pam:***@db:5432/pam"
+        );
+        assert_eq!(redact_url("sqlite://./pam.db"), "sqlite://./pam.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url, Duration::from_secs(5)).await.unwrap();
+        assert!(db.migrate().await.unwrap() >= 1);
+        assert_eq!(db.migrate().await.unwrap(), 0);
+        assert!(db.ping().await);
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP room: health, metrics, public keys, the JSON API and the web UI.
+//!
+//! One entry point, [`serve`]; the caller binds the listener. Handlers turn
+//! errors into safe responses through [`error::Error`].
+
+pub mod error;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Audit;
+use crate::metrics::Metrics;
+
+/// What the HTTP room needs from the rest of the broker.
+#[derive(Clone)]
+pub struct Deps {
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+    /// OpenSSH public key lines of the CAs.
+    pub ssh_user_ca: String,
+    pub ssh_target_ca: String,
+    /// The broker's token-signing keys as a JWKS document.
+    pub jwks: serde_json::Value,
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = router(deps);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
+    Ok(())
+}
+
+pub fn router(deps: Deps) -> Router {
+    let deps = Arc::new(deps);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/api/v1/ca/ssh_user.pub", get(ssh_user_ca))
+        .route("/api/v1/ca/ssh_target.pub", get(ssh_target_ca))
+        .layer(axum::middleware::from_fn_with_state(
+            deps.clone(),
+            count_requests,
+        ))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .with_state(deps)
+}
+
+async fn count_requests(
+    State(deps): State<Arc<Deps>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    Metrics::inc(&deps.metrics.http_requests);
+    next.run(request).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the store answers (keys are loaded before the room starts).
+async fn readyz(State(deps): State<Arc<Deps>>) -> Response {
+    if deps.audit.ping().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+    }
+}
+
+async fn metrics(State(deps): State<Arc<Deps>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        deps.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn jwks(State(deps): State<Arc<Deps>>) -> Response {
+    axum::Json(deps.jwks.clone()).into_response()
+}
+
+async fn ssh_user_ca(State(deps): State<Arc<Deps>>) -> Response {
+    public_key(&deps.ssh_user_ca)
+}
+
+async fn ssh_target_ca(State(deps): State<Arc<Deps>>) -> Response {
+    public_key(&deps.ssh_target_ca)
+}
+
+fn public_key(line: &str) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{line}\n"),
+    )
+        .into_response()
+}
