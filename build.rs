@@ -17,13 +17,27 @@ fn main() {
             .filter(|p| p.extension().is_some_and(|e| e == "sql"))
             .collect();
         files.sort();
-        writeln!(out, "pub const {}: &[(i64, &str, &str)] = &[", backend.to_uppercase()).unwrap();
+        writeln!(
+            out,
+            "pub const {}: &[(i64, &str, &str)] = &[",
+            backend.to_uppercase()
+        )
+        .unwrap();
         for path in files {
             let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-            let (version, name) = stem.split_once('_').unwrap_or_else(|| panic!("{stem}: expected NNNN_name.sql"));
-            let version: i64 = version.parse().unwrap_or_else(|_| panic!("{stem}: version must be a number"));
+            let (version, name) = stem
+                .split_once('_')
+                .unwrap_or_else(|| panic!("{stem}: expected NNNN_name.sql"));
+            let version: i64 = version
+                .parse()
+                .unwrap_or_else(|_| panic!("{stem}: version must be a number"));
             let abs = std::fs::canonicalize(&path).unwrap();
-            writeln!(out, "    ({version}, {name:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
+            writeln!(
+                out,
+                "    ({version}, {name:?}, include_str!({:?})),",
+                abs.display().to_string()
+            )
+            .unwrap();
         }
         writeln!(out, "];").unwrap();
     }

@@ -30,6 +30,24 @@ pub struct Running {
     pub public_url: url::Url,
 }
 
+/// The broker's bound listeners.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub ssh: TcpListener,
+    pub postgres: TcpListener,
+}
+
+impl Listeners {
+    /// Binds every configured address; a port in use is one clear error.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: bind("server.http_listen", config.server.http_listen).await?,
+            ssh: bind("server.ssh_listen", config.server.ssh_listen).await?,
+            postgres: bind("server.postgres_listen", config.server.postgres_listen).await?,
+        })
+    }
+}
+
 /// Runs the broker until `shutdown` is cancelled. `ready` receives the bound
 /// addresses once every room accepts connections.
 pub async fn run(
@@ -38,11 +56,26 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<Running>>,
 ) -> anyhow::Result<()> {
-    let _ = &env;
     // Bind first: a port in use is reported before anything is written.
-    let http_listener = bind("server.http_listen", config.server.http_listen).await?;
-    let ssh_listener = bind("server.ssh_listen", config.server.ssh_listen).await?;
-    let pg_listener = bind("server.postgres_listen", config.server.postgres_listen).await?;
+    let listeners = Listeners::bind(&config).await?;
+    run_with(config, listeners, env, shutdown, ready).await
+}
+
+/// Like [`run`], on listeners the caller bound (tests bind port 0 and learn
+/// the public URL before the broker starts).
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    env: HashMap<String, String>,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<Running>>,
+) -> anyhow::Result<()> {
+    let _ = &env;
+    let Listeners {
+        http: http_listener,
+        ssh: ssh_listener,
+        postgres: pg_listener,
+    } = listeners;
 
     let database_url = config.database_url();
     if let Some(path) = sqlite_path(&database_url) {
@@ -52,7 +85,12 @@ pub async fn run(
     }
     let db = Db::connect(&database_url, Duration::from_secs(10))
         .await
-        .with_context(|| format!("connecting to database {}", store::redact_url(&database_url)))?;
+        .with_context(|| {
+            format!(
+                "connecting to database {}",
+                store::redact_url(&database_url)
+            )
+        })?;
     let applied = db.migrate().await.context("migrating the database")?;
     keys::create_private_dir(&config.server.data_dir)
         .with_context(|| "server.data_dir".to_owned())?;
@@ -103,7 +141,12 @@ pub async fn run(
         jwks: jwks(&keys),
     };
     let failed = CancellationToken::new();
-    spawn_room(&rooms, "http", &failed, web::serve(http_listener, web_deps, stop_rooms.clone()));
+    spawn_room(
+        &rooms,
+        "http",
+        &failed,
+        web::serve(http_listener, web_deps, stop_rooms.clone()),
+    );
     // The SSH and PostgreSQL rooms hold their ports until they land.
     let _held = (ssh_listener, pg_listener);
 
@@ -126,7 +169,10 @@ pub async fn run(
     rooms.close();
     let grace = config.server.shutdown_grace.0;
     if tokio::time::timeout(grace, rooms.wait()).await.is_err() {
-        tracing::warn!(?grace, "in-flight work did not finish within the grace period");
+        tracing::warn!(
+            ?grace,
+            "in-flight work did not finish within the grace period"
+        );
     }
     audit
         .note(
@@ -223,7 +269,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Db> {
         .with_context(|| format!("connecting to database {}", store::redact_url(&url)))
 }
 
-pub fn audit_handle_for_tools(db: Db, keys: &KeyMaterial, config: &Config) -> (Audit, audit::Writer) {
+pub fn audit_handle_for_tools(
+    db: Db,
+    keys: &KeyMaterial,
+    config: &Config,
+) -> (Audit, audit::Writer) {
     audit::start(
         db,
         keys.audit.clone(),

@@ -12,9 +12,9 @@ pub mod domain;
 pub mod config;
 pub mod metrics;
 
+pub mod audit;
 pub mod keys;
 pub mod store;
-pub mod audit;
 
 pub mod web;
 

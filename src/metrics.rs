@@ -105,7 +105,10 @@ impl Metrics {
                 get(&self.sessions_started[i])
             );
         }
-        let _ = writeln!(out, "# HELP pam_sessions_active Sessions running now, by kind.");
+        let _ = writeln!(
+            out,
+            "# HELP pam_sessions_active Sessions running now, by kind."
+        );
         let _ = writeln!(out, "# TYPE pam_sessions_active gauge");
         for (i, kind) in SESSION_KINDS.iter().enumerate() {
             let _ = writeln!(

@@ -139,7 +139,8 @@ impl Audit {
 impl Writer {
     pub async fn run(mut self) {
         let mut last_checkpoint = Instant::now();
-        let mut ticker = tokio::time::interval(self.checkpoint_interval.max(Duration::from_secs(1)));
+        let mut ticker =
+            tokio::time::interval(self.checkpoint_interval.max(Duration::from_secs(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let mut batch: Vec<(AuditEvent, oneshot::Sender<Result<i64, AuditError>>)> =

@@ -98,7 +98,12 @@ pub async fn verify(
             break;
         }
         let hashes = hash_page(&page);
+        // Hashes of this page, built on the first broken link only.
+        let mut index: Option<HashMap<&[u8], usize>> = None;
+        let mut last_problem: Option<usize> = None;
         for (i, record) in page.iter().enumerate() {
+            let content_ok = hashes[i].as_slice() == record.hash.as_slice();
+            let mut link_checked = false;
             if record.seq != expected_seq {
                 problems.push(Problem {
                     kind: ProblemKind::Deleted,
@@ -112,23 +117,50 @@ pub async fn verify(
                         record.seq
                     ),
                 });
-            } else if record.prev_hash != expected_prev {
-                problems.push(classify_link(&page, i, &expected_prev));
-            } else if hashes[i].as_slice() != record.hash.as_slice() {
+                last_problem = Some(i);
+                link_checked = true;
+            }
+            if !link_checked && record.prev_hash != expected_prev {
+                let index = index.get_or_insert_with(|| {
+                    page.iter()
+                        .enumerate()
+                        .map(|(k, r)| (r.hash.as_slice(), k))
+                        .collect()
+                });
+                let displaced = index.contains_key(record.prev_hash.as_slice());
+                let explained = last_problem.is_some_and(|p| i - p <= 2);
+                if !(displaced && explained) {
+                    problems.push(classify_link(&page, i, &expected_prev, displaced));
+                    last_problem = Some(i);
+                }
+            } else if !link_checked && !content_ok {
+                // The next event chaining onto this one's predecessor means
+                // this one was slipped in between them.
+                let inserted = page
+                    .get(i + 1)
+                    .is_some_and(|next| next.prev_hash == record.prev_hash);
                 problems.push(Problem {
-                    kind: ProblemKind::Changed,
+                    kind: if inserted { ProblemKind::Inserted } else { ProblemKind::Changed },
                     seq: record.seq,
                     event_id: Some(record.id.clone()),
-                    message: format!(
-                        "event {} at seq {} was changed (its content no longer matches its hash)",
-                        record.id, record.seq
-                    ),
+                    message: if inserted {
+                        format!(
+                            "event {} at seq {} was inserted (it is not part of the chain)",
+                            record.id, record.seq
+                        )
+                    } else {
+                        format!(
+                            "event {} at seq {} was changed (its content no longer matches its hash)",
+                            record.id, record.seq
+                        )
+                    },
                 });
+                last_problem = Some(i);
             }
             if let Some(checkpoint) = by_seq.get(&record.seq) {
                 // A checkpoint pins the hash the chain had when it was signed:
                 // a rewritten chain (all hashes recomputed) fails here.
-                if checkpoint.hash != record.hash || hashes[i].as_slice() != record.hash.as_slice() {
+                if checkpoint.hash != record.hash || !content_ok {
                     problems.push(Problem {
                         kind: ProblemKind::Checkpoint,
                         seq: record.seq,
@@ -223,23 +255,27 @@ fn hash_page(page: &[EventRecord]) -> Vec<[u8; 32]> {
 }
 
 /// The event at `page[i]` does not chain onto its predecessor. Look at its
-/// neighbours to tell an insertion from a reordering or a deletion.
-fn classify_link(page: &[EventRecord], i: usize, expected_prev: &[u8]) -> Problem {
+/// neighbours to tell a reordering from an insertion or a deletion.
+/// `displaced`: its predecessor is elsewhere in the page.
+fn classify_link(page: &[EventRecord], i: usize, expected_prev: &[u8], displaced: bool) -> Problem {
     let record = &page[i];
     let successor = page[i + 1..]
         .iter()
         .position(|r| r.prev_hash == expected_prev)
         .map(|offset| i + 1 + offset);
-    match successor {
-        Some(j) if record.prev_hash == page[j].hash || page[j..].iter().any(|r| r.hash == record.prev_hash) => Problem {
+    if displaced {
+        let partner = successor.map(|j| &page[j]).unwrap_or(record);
+        return Problem {
             kind: ProblemKind::Reordered,
             seq: record.seq,
             event_id: Some(record.id.clone()),
             message: format!(
-                "event {} at seq {} is out of order (reordered): it was appended after event {} now at seq {}",
-                record.id, record.seq, page[j].id, page[j].seq
+                "event {} at seq {} is out of order (reordered): the event appended at this place is {} at seq {}",
+                record.id, record.seq, partner.id, partner.seq
             ),
-        },
+        };
+    }
+    match successor {
         Some(j) if j == i + 1 => Problem {
             kind: ProblemKind::Inserted,
             seq: record.seq,

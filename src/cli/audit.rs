@@ -130,7 +130,13 @@ async fn verify_command(
         let checkpoint = report
             .last_checkpoint
             .as_ref()
-            .map(|c| format!("; last signed checkpoint at seq {} ({})", c.seq, format_us(c.time_us)))
+            .map(|c| {
+                format!(
+                    "; last signed checkpoint at seq {} ({})",
+                    c.seq,
+                    format_us(c.time_us)
+                )
+            })
             .unwrap_or_default();
         println!(
             "audit trail OK: {} events, {} signed checkpoints verified{checkpoint} ({:.0} events/s)",
@@ -158,7 +164,10 @@ async fn verify_command(
     })
 }
 
-async fn events_command(args: EventsArgs, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
+async fn events_command(
+    args: EventsArgs,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     let config = args.store.load(env)?;
     let db = crate::app::open_store(&config).await?;
     for kind in &args.kind {

@@ -22,7 +22,13 @@ use crate::config::Config;
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, env = "PAM_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PAM_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     /// Log filter (e.g. `info`, `pam=debug`).
     #[arg(long, global = true, env = "PAM_LOG")]
@@ -154,9 +160,7 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
             let keys = crate::keys::KeyMaterial::load(&config.keys_dir())?;
             let line = match which {
                 CaKind::User => crate::keys::openssh_public(&keys.ssh_user_ca, "pam-user-ca"),
-                CaKind::Target => {
-                    crate::keys::openssh_public(&keys.ssh_target_ca, "pam-target-ca")
-                }
+                CaKind::Target => crate::keys::openssh_public(&keys.ssh_target_ca, "pam-target-ca"),
             };
             println!("{line}");
             Ok(ExitCode::SUCCESS)
@@ -168,8 +172,8 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
 fn init_logging(format: LogFormat, filter: Option<&str>, serving: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if serving { "info" } else { "warn" };
-    let filter = EnvFilter::try_new(filter.unwrap_or(default))
-        .unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_new(filter.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

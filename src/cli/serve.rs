@@ -34,13 +34,22 @@ pub async fn run(args: ServeArgs, env: HashMap<String, String>) -> anyhow::Resul
     spawn_signal_handler(shutdown.clone())?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let dev = config.dev;
-    let broker = tokio::spawn(crate::app::run(config, env, shutdown.clone(), Some(ready_tx)));
+    let broker = tokio::spawn(crate::app::run(
+        config,
+        env,
+        shutdown.clone(),
+        Some(ready_tx),
+    ));
     if let Ok(running) = ready_rx.await
         && dev
     {
         println!("pam broker (dev mode) is running");
         println!("  web UI and API:  http://{}/ui/", running.http);
-        println!("  SSH:             ssh -p {} TARGET@{}", running.ssh.port(), running.ssh.ip());
+        println!(
+            "  SSH:             ssh -p {} TARGET@{}",
+            running.ssh.port(),
+            running.ssh.ip()
+        );
         println!(
             "  PostgreSQL:      psql \"host={} port={} dbname=TARGET\"",
             running.postgres.ip(),

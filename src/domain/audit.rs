@@ -340,6 +340,9 @@ mod tests {
     #[test]
     fn times_format_in_utc_with_micros() {
         assert_eq!(format_us(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_us(1_795_689_093_123_456), "2026-11-26T10:31:33.123456Z");
+        assert_eq!(
+            format_us(1_795_689_093_123_456),
+            "2026-11-26T10:31:33.123456Z"
+        );
     }
 }

@@ -150,8 +150,9 @@ impl Ed25519Key {
     }
 
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let pair = ring::signature::Ed25519KeyPair::from_seed_and_public_key(&self.seed, &self.public)
-            .expect("seed and public key were read from one ed25519 key");
+        let pair =
+            ring::signature::Ed25519KeyPair::from_seed_and_public_key(&self.seed, &self.public)
+                .expect("seed and public key were read from one ed25519 key");
         pair.sign(message).as_ref().to_vec()
     }
 
@@ -173,7 +174,10 @@ impl fmt::Debug for KeyMaterial {
         f.debug_struct("KeyMaterial")
             .field("token_signing", &self.token_signing)
             .field("ssh_user_ca", &fingerprint(self.ssh_user_ca.public_key()))
-            .field("ssh_target_ca", &fingerprint(self.ssh_target_ca.public_key()))
+            .field(
+                "ssh_target_ca",
+                &fingerprint(self.ssh_target_ca.public_key()),
+            )
             .field("ssh_host", &fingerprint(self.ssh_host.public_key()))
             .field("audit", &self.audit)
             .finish()
@@ -188,8 +192,8 @@ pub fn generate() -> PrivateKey {
 }
 
 fn read_key(path: &Path) -> anyhow::Result<PrivateKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading key {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
     PrivateKey::from_openssh(text.as_bytes())
         .with_context(|| format!("key file {} does not parse", path.display()))
 }
@@ -301,7 +305,11 @@ mod tests {
         let key = Ed25519Key::from_private(&generate()).unwrap();
         let sig = key.sign(b"checkpoint");
         assert!(Ed25519Key::verify(&key.public_bytes(), b"checkpoint", &sig));
-        assert!(!Ed25519Key::verify(&key.public_bytes(), b"checkpoinT", &sig));
+        assert!(!Ed25519Key::verify(
+            &key.public_bytes(),
+            b"checkpoinT",
+            &sig
+        ));
         let debug = format!("{key:?}");
         assert!(debug.contains("redacted"));
         assert!(!debug.contains(&hex::encode(key.seed)));

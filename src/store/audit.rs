@@ -223,29 +223,62 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
         clauses.push(format!("kind IN ({})", holes.join(", ")));
     }
     if let Some(v) = &f.actor {
-        push(&mut clauses, &mut params, "actor = ?", Param::Text(v.clone()));
+        push(
+            &mut clauses,
+            &mut params,
+            "actor = ?",
+            Param::Text(v.clone()),
+        );
     }
     if let Some(v) = &f.target {
-        push(&mut clauses, &mut params, "target = ?", Param::Text(v.clone()));
+        push(
+            &mut clauses,
+            &mut params,
+            "target = ?",
+            Param::Text(v.clone()),
+        );
     }
     if let Some(v) = &f.session_id {
-        push(&mut clauses, &mut params, "session_id = ?", Param::Text(v.clone()));
+        push(
+            &mut clauses,
+            &mut params,
+            "session_id = ?",
+            Param::Text(v.clone()),
+        );
     }
     if let Some(v) = &f.outcome {
-        push(&mut clauses, &mut params, "outcome = ?", Param::Text(v.clone()));
+        push(
+            &mut clauses,
+            &mut params,
+            "outcome = ?",
+            Param::Text(v.clone()),
+        );
     }
     if let Some(v) = &f.source_ip {
-        push(&mut clauses, &mut params, "source_ip = ?", Param::Text(v.clone()));
+        push(
+            &mut clauses,
+            &mut params,
+            "source_ip = ?",
+            Param::Text(v.clone()),
+        );
     }
     if let Some(since) = f.since_us {
         // Every event at or after `since` has a seq at least this large.
-        if let Some(low) = seq_bound(db, "SELECT MIN(seq) FROM audit_events WHERE ts >= $1", since).await? {
+        if let Some(low) = seq_bound(
+            db,
+            "SELECT MIN(seq) FROM audit_events WHERE ts >= $1",
+            since,
+        )
+        .await?
+        {
             push(&mut clauses, &mut params, "seq >= ?", Param::Int(low));
         }
         push(&mut clauses, &mut params, "ts >= ?", Param::Int(since));
     }
     if let Some(until) = f.until_us {
-        if let Some(high) = seq_bound(db, "SELECT MAX(seq) FROM audit_events WHERE ts < $1", until).await? {
+        if let Some(high) =
+            seq_bound(db, "SELECT MAX(seq) FROM audit_events WHERE ts < $1", until).await?
+        {
             push(&mut clauses, &mut params, "seq <= ?", Param::Int(high));
         }
         push(&mut clauses, &mut params, "ts < ?", Param::Int(until));
@@ -261,7 +294,11 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
         text.push_str(" WHERE ");
         text.push_str(&clauses.join(" AND "));
     }
-    text.push_str(if f.ascending { " ORDER BY seq ASC" } else { " ORDER BY seq DESC" });
+    text.push_str(if f.ascending {
+        " ORDER BY seq ASC"
+    } else {
+        " ORDER BY seq DESC"
+    });
     params.push(Param::Int(i64::from(f.limit.clamp(1, 10_000))));
     text.push_str(&format!(" LIMIT ${}", params.len()));
     Ok((text, params))

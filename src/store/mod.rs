@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, SqlSafeStr};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
@@ -58,6 +58,12 @@ impl Db {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?.application_name("pam");
+            // One direct connection first: a refused or unreachable server is
+            // reported at once instead of after the pool's retries.
+            let probe = tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| Error::Invalid(format!("no answer within {timeout:?}")))??;
+            probe.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .min_connections(1)

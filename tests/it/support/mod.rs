@@ -1,0 +1,292 @@
+//! Test support: a broker started in-process on port 0 ([`TestApp`]) against
+//! a temp SQLite file, or a fresh PostgreSQL database per test when
+//! `PAM_TEST_DATABASE_URL` is set; and helpers for the real peers.
+
+#![allow(dead_code)]
+
+pub mod peers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pam::app::{self, Listeners, Running};
+use pam::config::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A broker running inside the test process.
+pub struct TestApp {
+    pub running: Running,
+    pub http: SocketAddr,
+    pub ssh: SocketAddr,
+    pub postgres: SocketAddr,
+    pub base_url: String,
+    pub dir: tempfile::TempDir,
+    /// The config file the broker was started from (for CLI tools).
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub database: TestDatabase,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The per-test database: a SQLite file in the test's temp dir, or a
+/// PostgreSQL database created for this test (and dropped after).
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub url: String,
+    guard: Option<std::sync::Arc<PgGuard>>,
+}
+
+/// Drops the test's PostgreSQL database when the last handle goes.
+#[derive(Debug)]
+struct PgGuard {
+    admin_url: String,
+    name: String,
+}
+
+/// Builder for a [`TestApp`]: extra TOML merged into the generated config.
+#[derive(Default)]
+pub struct Options {
+    pub toml: String,
+    pub env: HashMap<String, String>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> TestApp {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database = TestDatabase::create(dir.path()).await;
+        Self::start(dir, database, options).await
+    }
+
+    /// Starts a broker on an existing directory and database (restarts, fleets).
+    pub async fn start(
+        dir: tempfile::TempDir,
+        database: TestDatabase,
+        options: Options,
+    ) -> TestApp {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ssh = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let postgres = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let base_url = format!("http://{http_addr}");
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let text = format!(
+            r#"
+[server]
+public_url = "{base_url}"
+http_listen = "{http_addr}"
+ssh_listen = "{ssh}"
+postgres_listen = "{pg}"
+data_dir = "{data}"
+database_url = "{db}"
+shutdown_grace = "5s"
+
+[policy]
+dir = "{policies}"
+
+{extra}
+"#,
+            ssh = ssh.local_addr().unwrap(),
+            pg = postgres.local_addr().unwrap(),
+            data = dir.path().join("data").display(),
+            db = database.url,
+            policies = policies.display(),
+            extra = options.toml,
+        );
+        let config_path = dir.path().join("pam.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = Config::load(&config_path, &options.env).expect("test config is valid");
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let listeners = Listeners {
+            http,
+            ssh,
+            postgres,
+        };
+        let handle = tokio::spawn(app::run_with(
+            config.clone(),
+            listeners,
+            options.env.clone(),
+            shutdown.clone(),
+            Some(ready_tx),
+        ));
+        let running = match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
+            Ok(Ok(running)) => running,
+            _ => {
+                let result = handle.await;
+                panic!("broker did not start: {result:?}");
+            }
+        };
+        TestApp {
+            http: running.http,
+            ssh: running.ssh,
+            postgres: running.postgres,
+            running,
+            base_url,
+            dir,
+            config_path,
+            config,
+            database,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Stops the broker gracefully and returns its temp dir and database
+    /// (to restart on them, or to inspect them).
+    pub async fn stop(mut self) -> (tempfile::TempDir, TestDatabase) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("broker task")
+                .expect("broker stopped cleanly");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.database.clone())
+    }
+
+    /// Runs the `pam` binary against this broker's config.
+    pub fn pam(&self) -> std::process::Command {
+        let mut cmd = pam_command();
+        cmd.env("PAM_CONFIG", &self.config_path);
+        cmd
+    }
+
+    /// A connection to the broker's database.
+    pub async fn db(&self) -> pam::store::Db {
+        pam::store::Db::connect(&self.database.url, Duration::from_secs(10))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestDatabase {
+    pub async fn create(dir: &Path) -> TestDatabase {
+        match std::env::var("PAM_TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let name = format!("pam_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = connect_pg(&admin_url).await;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let mut url = url::Url::parse(&admin_url).unwrap();
+                url.set_path(&format!("/{name}"));
+                TestDatabase {
+                    url: url.to_string(),
+                    guard: Some(std::sync::Arc::new(PgGuard { admin_url, name })),
+                }
+            }
+            _ => TestDatabase {
+                url: format!("sqlite://{}", dir.join("pam.db").display()),
+                guard: None,
+            },
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.guard.is_some()
+    }
+}
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut admin = connect_pg(&admin_url).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+async fn connect_pg(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("PAM_TEST_DATABASE_URL does not answer: {e}"))
+}
+
+/// The `pam` binary built for these tests.
+pub fn pam_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+    cmd.env_remove("PAM_CONFIG");
+    cmd.env("PAM_LOG", "warn");
+    cmd
+}
+
+/// Silent unless `TEST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on loopback (for peers that cannot bind port 0 themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
