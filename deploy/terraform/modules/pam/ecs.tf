@@ -70,6 +70,8 @@ locals {
     { name = "PAM_SERVER__HTTP_LISTEN", value = "0.0.0.0:${local.http_port}" },
     { name = "PAM_SERVER__SSH_LISTEN", value = "0.0.0.0:${local.ssh_port}" },
     { name = "PAM_SERVER__POSTGRES_LISTEN", value = "0.0.0.0:${local.postgres_port}" },
+    { name = "PAM_SERVER__SSH_PUBLIC_ADDR", value = "${var.tunnel_hostname}:${local.ssh_port}" },
+    { name = "PAM_SERVER__POSTGRES_PUBLIC_ADDR", value = "${var.tunnel_hostname}:${local.postgres_port}" },
     { name = "PAM_SERVER__DATA_DIR", value = local.data_dir },
     { name = "PAM_SERVER__KEYS_DIR", value = local.keys_dir },
     { name = "PAM_AWS__REGION", value = local.region },

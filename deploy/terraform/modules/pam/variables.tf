@@ -168,7 +168,7 @@ variable "image" {
 }
 
 variable "config_toml" {
-  description = "The broker's pam.toml (see deploy/pam.example.toml) without secrets. The module overrides public_url, the listeners, data_dir, keys_dir, database_url and aws.region through the environment."
+  description = "The broker's pam.toml (see deploy/pam.example.toml) without secrets. The module overrides public_url, the listeners and their public addresses, data_dir, keys_dir, database_url and aws.region through the environment."
   type        = string
 
   validation {
