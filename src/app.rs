@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{self, Audit};
 use crate::config::Config;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::identity::{Identity, PublicAddrs};
 use crate::keys::{self, KeyMaterial};
 use crate::metrics::Metrics;
 use crate::store::{self, Db};
@@ -28,6 +29,16 @@ pub struct Running {
     pub ssh: SocketAddr,
     pub postgres: SocketAddr,
     pub public_url: url::Url,
+    /// `--dev` only: the break-glass admin created on first start, shown once.
+    pub dev_breakglass: Option<DevBreakglass>,
+}
+
+/// The one-time secrets of the dev break-glass admin.
+#[derive(Debug, Clone)]
+pub struct DevBreakglass {
+    pub username: String,
+    pub password: secrecy::SecretString,
+    pub totp_secret: secrecy::SecretString,
 }
 
 /// The broker's bound listeners.
@@ -125,16 +136,49 @@ pub async fn run_with(
         .await
         .context("recording server.start in the audit trail")?;
 
+    let identity = Identity::new(
+        &config,
+        &env,
+        db.clone(),
+        audit.clone(),
+        metrics.clone(),
+        &keys,
+        PublicAddrs {
+            ssh: config.ssh_public_addr(ssh_listener.local_addr()?),
+            postgres: config.postgres_public_addr(pg_listener.local_addr()?),
+        },
+    )
+    .context("setting up identity")?;
+    let dev_breakglass = if config.dev && !identity.breakglass_exists().await? {
+        let enrolment = identity
+            .add_breakglass(
+                "admin",
+                vec!["pam-admins".into(), "breakglass".into()],
+                "pam serve --dev",
+            )
+            .await
+            .context("creating the dev break-glass admin")?;
+        Some(DevBreakglass {
+            username: "admin".into(),
+            password: enrolment.password,
+            totp_secret: enrolment.totp_secret_base32,
+        })
+    } else {
+        None
+    };
+
     let running = Running {
         http: http_listener.local_addr()?,
         ssh: ssh_listener.local_addr()?,
         postgres: pg_listener.local_addr()?,
         public_url: config.server.public_url.clone(),
+        dev_breakglass,
     };
     let rooms = TaskTracker::new();
     let stop_rooms = shutdown.child_token();
     let web_deps = web::Deps {
         audit: audit.clone(),
+        identity: identity.clone(),
         metrics: metrics.clone(),
         ssh_user_ca: keys::openssh_public(&keys.ssh_user_ca, "pam-user-ca"),
         ssh_target_ca: keys::openssh_public(&keys.ssh_target_ca, "pam-target-ca"),
@@ -147,6 +191,7 @@ pub async fn run_with(
         &failed,
         web::serve(http_listener, web_deps, stop_rooms.clone()),
     );
+    rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
     // The SSH and PostgreSQL rooms hold their ports until they land.
     let _held = (ssh_listener, pg_listener);
 
@@ -188,6 +233,17 @@ pub async fn run_with(
         anyhow::bail!("a listener failed (see the log above)");
     }
     Ok(())
+}
+
+/// Deletes finished logins and one-time codes every ten minutes.
+async fn purge_logins(identity: Identity, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => identity.purge().await,
+        }
+    }
 }
 
 async fn bind(key: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -256,13 +312,13 @@ pub fn create_private_file(path: &std::path::Path) -> anyhow::Result<()> {
 /// `pam audit verify`, `pam ca show`) without starting any listener.
 pub async fn open_store(config: &Config) -> anyhow::Result<Db> {
     let url = config.database_url();
-    if let Some(path) = sqlite_path(&url) {
-        if !path.exists() {
-            anyhow::bail!(
-                "no database at {} (start the broker once, or pass --config / --data-dir)",
-                path.display()
-            );
-        }
+    if let Some(path) = sqlite_path(&url)
+        && !path.exists()
+    {
+        anyhow::bail!(
+            "no database at {} (start the broker once, or pass --config / --data-dir)",
+            path.display()
+        );
     }
     Db::connect(&url, Duration::from_secs(10))
         .await

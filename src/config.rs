@@ -99,6 +99,11 @@ section! {
         max_connections: usize = 10_000,
         /// Name of this broker process in a fleet; defaults to the host name.
         node_name: Option<String> = None,
+        /// `host:port` users reach the SSH listener at (behind a load
+        /// balancer); defaults to public_url's host and ssh_listen's port.
+        ssh_public_addr: Option<String> = None,
+        /// `host:port` users reach the PostgreSQL listener at.
+        postgres_public_addr: Option<String> = None,
     }
 }
 
@@ -486,6 +491,22 @@ impl Config {
             .unwrap_or_else(|_| "pam".to_owned())
     }
 
+    /// Where users reach the SSH listener.
+    pub fn ssh_public_addr(&self, bound: SocketAddr) -> String {
+        self.server.ssh_public_addr.clone().unwrap_or_else(|| {
+            let host = self.server.public_url.host_str().unwrap_or("127.0.0.1");
+            format!("{host}:{}", bound.port())
+        })
+    }
+
+    /// Where users reach the PostgreSQL listener.
+    pub fn postgres_public_addr(&self, bound: SocketAddr) -> String {
+        self.server.postgres_public_addr.clone().unwrap_or_else(|| {
+            let host = self.server.public_url.host_str().unwrap_or("127.0.0.1");
+            format!("{host}:{}", bound.port())
+        })
+    }
+
     pub fn target(&self, name: &str) -> Option<&TargetConfig> {
         self.targets.iter().find(|t| t.name == name)
     }
@@ -758,7 +779,7 @@ impl HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return write!(f, "{ms}ms");
         }
         let mut secs = self.0.as_secs();

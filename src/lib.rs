@@ -7,12 +7,14 @@
 //!
 //! Read `ARCHITECTURE.md` first; modules are listed in reading order.
 
+pub mod api;
 pub mod domain;
 
 pub mod config;
 pub mod metrics;
 
 pub mod audit;
+pub mod identity;
 pub mod keys;
 pub mod store;
 

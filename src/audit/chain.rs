@@ -159,7 +159,8 @@ mod tests {
     fn every_field_is_covered_by_the_hash() {
         let base = chain(&event(), 1, &GENESIS);
         assert_eq!(hash(&base).to_vec(), base.hash);
-        let mutations: Vec<Box<dyn Fn(&mut EventRecord)>> = vec![
+        type Mutation = Box<dyn Fn(&mut EventRecord)>;
+        let mutations: Vec<Mutation> = vec![
             Box::new(|r| r.seq = 2),
             Box::new(|r| r.id.push('x')),
             Box::new(|r| r.time_us += 1),

@@ -85,6 +85,36 @@ impl Audit {
         wait.await.map_err(|_| AuditError::ShuttingDown)?
     }
 
+    /// Records several events together (usually one transaction) and waits
+    /// until all are durable.
+    pub async fn record_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        let mut waits = Vec::with_capacity(events.len());
+        for event in events {
+            let (done, wait) = oneshot::channel();
+            self.tx
+                .send(Message::Record(event, done))
+                .await
+                .map_err(|_| AuditError::ShuttingDown)?;
+            waits.push(wait);
+        }
+        for wait in waits {
+            wait.await.map_err(|_| AuditError::ShuttingDown)??;
+        }
+        Ok(())
+    }
+
+    /// Like [`Audit::gate`] for several events recorded together.
+    pub async fn gate_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        match self.record_all(events).await {
+            Ok(()) => Ok(()),
+            Err(e) if self.fail_closed => Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "audit records lost (audit.fail_closed = false)");
+                Ok(())
+            }
+        }
+    }
+
     /// Records an event that an action depends on. Fail-closed (the
     /// default): the error comes back and the caller refuses the action.
     /// Fail-open: the failure is logged and the action may proceed.

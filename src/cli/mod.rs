@@ -2,7 +2,11 @@
 //! `pam serve` runs the broker ([`crate::app::run`]); every other command
 //! is a client or an offline tool, one file per command group.
 
+mod admin;
 mod audit;
+mod broker;
+mod home;
+mod login;
 mod serve;
 
 use std::collections::HashMap;
@@ -58,6 +62,17 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Log in to the broker with the company SSO (or a break-glass account).
+    Login(login::LoginArgs),
+    /// Revoke the broker session and remove the local key and certificate.
+    Logout,
+    /// Who am I, groups, MFA, token and certificate expiry.
+    Status(login::StatusArgs),
+    /// Broker administration (offline tools that use the broker's store).
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
     },
 }
 
@@ -166,6 +181,10 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => audit::run(command, env).await,
+        Command::Login(args) => login::login(args, env).await,
+        Command::Logout => login::logout(env).await,
+        Command::Status(args) => login::status(args, env).await,
+        Command::Admin { command } => admin::run(command, env).await,
     }
 }
 

@@ -55,6 +55,19 @@ pub async fn run(args: ServeArgs, env: HashMap<String, String>) -> anyhow::Resul
             running.postgres.ip(),
             running.postgres.port()
         );
+        if let Some(admin) = &running.dev_breakglass {
+            use secrecy::ExposeSecret;
+            println!();
+            println!("  break-glass admin (shown once; stored hashed):");
+            println!("    user:        {}", admin.username);
+            println!("    password:    {}", admin.password.expose_secret());
+            println!("    TOTP secret: {}", admin.totp_secret.expose_secret());
+            println!(
+                "    log in with: pam login --broker {} --break-glass {}",
+                running.public_url, admin.username
+            );
+            println!();
+        }
         println!("  stop with Ctrl-C");
     }
     broker.await.context("broker task")??;

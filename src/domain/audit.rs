@@ -23,6 +23,8 @@ pub enum EventKind {
     TokenIssued,
     #[serde(rename = "token.revoked")]
     TokenRevoked,
+    #[serde(rename = "token.rejected")]
+    TokenRejected,
     #[serde(rename = "ssh_cert.issued")]
     SshCertIssued,
     #[serde(rename = "policy.decision")]
@@ -58,13 +60,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
         EventKind::LoginLockout,
         EventKind::Logout,
         EventKind::TokenIssued,
         EventKind::TokenRevoked,
+        EventKind::TokenRejected,
         EventKind::SshCertIssued,
         EventKind::PolicyDecision,
         EventKind::SessionStart,
@@ -91,6 +94,7 @@ impl EventKind {
             EventKind::Logout => "logout",
             EventKind::TokenIssued => "token.issued",
             EventKind::TokenRevoked => "token.revoked",
+            EventKind::TokenRejected => "token.rejected",
             EventKind::SshCertIssued => "ssh_cert.issued",
             EventKind::PolicyDecision => "policy.decision",
             EventKind::SessionStart => "session.start",

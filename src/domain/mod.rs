@@ -2,3 +2,4 @@
 //! targets, actions and decisions. Every other module speaks these types.
 
 pub mod audit;
+pub mod principal;

@@ -149,6 +149,24 @@ impl Ed25519Key {
         der
     }
 
+    /// A 32-byte key for another purpose, derived with HKDF-SHA256 from
+    /// this key's secret (`info` names the purpose).
+    pub fn derive(&self, info: &[u8]) -> [u8; 32] {
+        struct Len;
+        impl ring::hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"pam key derivation");
+        let prk = salt.extract(&self.seed);
+        let mut out = [0u8; 32];
+        prk.expand(&[info], Len)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    }
+
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         let pair =
             ring::signature::Ed25519KeyPair::from_seed_and_public_key(&self.seed, &self.public)

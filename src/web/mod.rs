@@ -3,6 +3,7 @@
 //! One entry point, [`serve`]; the caller binds the listener. Handlers turn
 //! errors into safe responses through [`error::Error`].
 
+pub mod auth;
 pub mod error;
 
 use std::sync::Arc;
@@ -11,17 +12,19 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// What the HTTP room needs from the rest of the broker.
 #[derive(Clone)]
 pub struct Deps {
     pub audit: Audit,
+    pub identity: Identity,
     pub metrics: Arc<Metrics>,
     /// OpenSSH public key lines of the CAs.
     pub ssh_user_ca: String,
@@ -56,6 +59,15 @@ pub fn router(deps: Deps) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/api/v1/ca/ssh_user.pub", get(ssh_user_ca))
         .route("/api/v1/ca/ssh_target.pub", get(ssh_target_ca))
+        .route("/auth/login", get(auth::login))
+        .route("/auth/callback", get(auth::callback))
+        .route("/api/v1/auth/exchange", post(auth::exchange))
+        .route("/api/v1/auth/device", post(auth::device_start))
+        .route("/api/v1/auth/device/poll", post(auth::device_poll))
+        .route("/api/v1/auth/breakglass", post(auth::breakglass))
+        .route("/api/v1/auth/whoami", get(auth::whoami))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/auth/cert", post(auth::certify))
         .layer(axum::middleware::from_fn_with_state(
             deps.clone(),
             count_requests,

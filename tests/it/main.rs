@@ -1,7 +1,9 @@
 //! The integration suite: one binary, a file per surface.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod support;
 
 mod audit_trail;
+mod identity;
 mod serve;
 mod tidy;

@@ -193,6 +193,13 @@ async fn dev_mode_needs_no_config_and_prints_its_urls() {
         "{text}"
     );
     assert!(text.contains("ssh -p "), "{text}");
+    assert!(text.contains("break-glass admin (shown once"), "{text}");
+    let password = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .expect("the one-time break-glass password is printed")
+        .trim();
+    assert!(password.len() >= 20, "{password}");
     assert!(data.join("pam.db").exists());
     assert!(data.join("keys").join("ssh_host_ed25519").exists());
     sigterm(&child);

@@ -29,6 +29,7 @@ pub struct TestApp {
     pub config: Config,
     pub database: TestDatabase,
     pub client: reqwest::Client,
+    pub idp: Option<peers::Idp>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -53,6 +54,8 @@ struct PgGuard {
 pub struct Options {
     pub toml: String,
     pub env: HashMap<String, String>,
+    /// Start a real OIDC provider for this broker and configure `[oidc]`.
+    pub idp: bool,
 }
 
 impl TestApp {
@@ -71,13 +74,33 @@ impl TestApp {
     pub async fn start(
         dir: tempfile::TempDir,
         database: TestDatabase,
-        options: Options,
+        mut options: Options,
     ) -> TestApp {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ssh = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let postgres = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_addr = http.local_addr().unwrap();
         let base_url = format!("http://{http_addr}");
+        let idp = if options.idp {
+            let idp = peers::Idp::start(&format!("{base_url}/auth/callback")).await;
+            options
+                .env
+                .insert("PAM_OIDC__ISSUER".into(), idp.issuer.clone());
+            options
+                .env
+                .insert("PAM_OIDC__CLIENT_ID".into(), peers::IDP_CLIENT_ID.into());
+            options.env.insert(
+                "PAM_OIDC__CLIENT_SECRET_ENV".into(),
+                "PAM_TEST_OIDC_SECRET".into(),
+            );
+            options.env.insert(
+                "PAM_TEST_OIDC_SECRET".into(),
+                peers::IDP_CLIENT_SECRET.into(),
+            );
+            Some(idp)
+        } else {
+            None
+        };
         let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         let text = format!(
             r#"
@@ -140,6 +163,7 @@ dir = "{policies}"
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
+            idp,
             shutdown,
             handle: Some(handle),
         }
@@ -289,4 +313,111 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A login as `pam login` performs it, driven by the test browser.
+pub struct Login {
+    pub key: russh::keys::ssh_key::PrivateKey,
+    pub response: pam::api::LoginResponse,
+}
+
+/// Where a browser login stopped when it did not produce a token.
+#[derive(Debug)]
+pub enum LoginFailure {
+    /// The broker sent the browser back to the CLI with an error.
+    Redirected(String),
+    /// The exchange was refused: status and message.
+    Exchange(u16, String),
+    /// The browser ended somewhere else (an error page).
+    Elsewhere(String),
+}
+
+impl TestApp {
+    /// A browser SSO login as `user` (an IdP test user), exactly the way
+    /// `pam login` does it: loopback port, PKCE, one-time code, proof.
+    pub async fn sso_login(&self, user: &str) -> Result<Login, LoginFailure> {
+        let key = pam::identity::new_client_key();
+        let pkce = pam::identity::oidc::pkce();
+        let port = free_port();
+        let start = self.url(&format!(
+            "/auth/login?cli_port={port}&cli_challenge={}&login_hint={user}",
+            pkce.challenge
+        ));
+        let prefix = format!("http://127.0.0.1:{port}/callback");
+        let last = {
+            let prefix = prefix.clone();
+            tokio::task::spawn_blocking(move || peers::browse(&start, Some(&prefix)))
+                .await
+                .unwrap()
+        };
+        if !last.starts_with(&prefix) {
+            return Err(LoginFailure::Elsewhere(last));
+        }
+        let query: HashMap<String, String> = url::Url::parse(&last)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+        let Some(code) = query.get("code") else {
+            return Err(LoginFailure::Redirected(
+                query.get("error_description").cloned().unwrap_or_default(),
+            ));
+        };
+        self.exchange(&key, code, &pkce.verifier)
+            .await
+            .map(|response| Login { key, response })
+    }
+
+    /// Redeems a one-time login code.
+    pub async fn exchange(
+        &self,
+        key: &russh::keys::ssh_key::PrivateKey,
+        code: &str,
+        verifier: &str,
+    ) -> Result<pam::api::LoginResponse, LoginFailure> {
+        let public_key = key.public_key().to_openssh().unwrap();
+        let proof = pam::identity::cert::sign_proof(key, code).unwrap();
+        let body = serde_json::json!({
+            "code": code,
+            "code_verifier": verifier,
+            "public_key": public_key,
+            "proof": proof,
+        });
+        let response = self
+            .client
+            .post(self.url("/api/v1/auth/exchange"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        if status != 200 {
+            return Err(LoginFailure::Exchange(status, text));
+        }
+        Ok(serde_json::from_str(&text).unwrap())
+    }
+
+    /// Audit events of `kind`, oldest first.
+    pub async fn events(&self, kind: &str) -> Vec<pam::domain::audit::EventRecord> {
+        let db = self.db().await;
+        let filter = pam::domain::audit::EventFilter {
+            kinds: vec![kind.to_owned()],
+            ascending: true,
+            limit: 10_000,
+            ..Default::default()
+        };
+        let events = pam::store::audit::list(&db, &filter).await.unwrap();
+        db.close().await;
+        events
+    }
+
+    /// `details` of every event of `kind`, parsed.
+    pub async fn event_details(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.events(kind)
+            .await
+            .iter()
+            .map(|e| serde_json::from_str(&e.details).unwrap())
+            .collect()
+    }
 }

@@ -1,0 +1,146 @@
+//! JSON wire types of the HTTP API, shared by the web room and the CLI:
+//! the only serde-for-the-wire types. Field names are the API contract.
+
+use std::fmt;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// What a successful login returns to the CLI.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// Broker token (JWT): `Authorization: Bearer`, and the PostgreSQL password.
+    pub token: String,
+    pub expires_at: String,
+    pub session_id: String,
+    pub user: String,
+    pub groups: Vec<String>,
+    pub mfa: bool,
+    pub amr: Vec<String>,
+    pub method: String,
+    /// OpenSSH user certificate for the key the CLI sent.
+    pub certificate: String,
+    pub certificate_expires_at: String,
+    /// known_hosts line for the broker's SSH listener.
+    pub known_hosts: String,
+    /// `host:port` of the SSH listener.
+    pub ssh_addr: String,
+    /// `host:port` of the PostgreSQL listener.
+    pub postgres_addr: String,
+}
+
+impl fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("token", &"<redacted>")
+            .field("user", &self.user)
+            .field("session_id", &self.session_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The CLI redeems the one-time code from the browser redirect.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExchangeRequest {
+    pub code: Sensitive,
+    /// Its own PKCE verifier: proves it started this login.
+    pub code_verifier: Sensitive,
+    pub public_key: String,
+    /// sshsig over the code and the public key: proves it holds the key.
+    pub proof: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStartResponse {
+    pub request_id: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds between polls.
+    pub interval: u64,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevicePollRequest {
+    pub request_id: String,
+    pub public_key: String,
+    pub proof: String,
+}
+
+/// A device poll that has no answer yet (HTTP 400, RFC 8628 error codes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollPending {
+    /// `authorization_pending` or `slow_down`.
+    pub error: String,
+    pub interval: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BreakglassLoginRequest {
+    pub username: String,
+    pub password: Sensitive,
+    pub totp: Sensitive,
+    pub public_key: String,
+    pub proof: String,
+}
+
+/// Who the bearer of a token is (`GET /api/v1/auth/whoami`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub mfa: bool,
+    pub amr: Vec<String>,
+    pub method: String,
+    pub session_id: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertRequest {
+    pub public_key: String,
+    pub proof: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertResponse {
+    pub certificate: String,
+    pub certificate_expires_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    pub reason: Option<String>,
+}
+
+/// Every error body: a message for humans, a code for scripts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// A secret on the wire (codes, passwords): serialized as a plain string,
+/// never printed by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sensitive(String);
+
+impl Sensitive {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn into_secret(self) -> SecretString {
+        SecretString::from(self.0)
+    }
+}
+
+impl fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}

@@ -1,0 +1,307 @@
+//! Login routes: the browser leg of `pam login` (`/auth/login`,
+//! `/auth/callback`), the CLI's JSON calls (exchange, device grant,
+//! break-glass), and the bearer-token extractor every API route uses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Deps;
+use super::error::Error;
+use crate::api::{
+    BreakglassLoginRequest, CertRequest, CertResponse, DevicePollRequest, ExchangeRequest,
+    PollPending,
+};
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::domain::principal::Principal;
+use crate::identity::{AuthError, Callback, Client, DeviceOutcome, LoginError};
+
+/// The caller's address and client, for the audit trail.
+pub fn client(addr: SocketAddr, headers: &HeaderMap) -> Client {
+    Client {
+        ip: Some(addr.ip().to_canonical()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(200).collect()),
+    }
+}
+
+impl From<LoginError> for Error {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::BadRequest(m) => Error::BadRequest(m),
+            LoginError::Refused(m) => Error::Unauthorized(m),
+            e @ LoginError::Locked(_) => Error::TooManyRequests(e.to_string()),
+            LoginError::Unavailable(m) => Error::Unavailable(m),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LoginStart {
+    cli_port: u16,
+    cli_challenge: String,
+    login_hint: Option<String>,
+}
+
+/// `GET /auth/login`: the URL `pam login` opens in the browser.
+pub async fn login(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<LoginStart>,
+) -> Response {
+    let client = client(addr, &headers);
+    match deps
+        .identity
+        .start_browser_login(
+            q.cli_port,
+            &q.cli_challenge,
+            q.login_hint.as_deref(),
+            &client,
+        )
+        .await
+    {
+        Ok(url) => Redirect::to(&url).into_response(),
+        Err(e) => error_page(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /auth/callback`: where the IdP sends the browser back.
+pub async fn callback(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let client = client(addr, &headers);
+    match deps
+        .identity
+        .callback(
+            q.state.as_deref(),
+            q.code.as_deref(),
+            q.error.as_deref(),
+            &client,
+        )
+        .await
+    {
+        Ok(Callback::RedirectToCli(url)) => Redirect::to(&url).into_response(),
+        Err(e) => error_page(&e),
+    }
+}
+
+fn error_page(e: &LoginError) -> Response {
+    let status = match e {
+        LoginError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        LoginError::Refused(_) => StatusCode::UNAUTHORIZED,
+        LoginError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
+        LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>pam: login failed</title>\
+         <h1>Login failed</h1><p>{}</p><p>Run <code>pam login</code> again.</p>",
+        escape(&e.to_string())
+    );
+    (status, Html(body)).into_response()
+}
+
+pub async fn exchange(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<ExchangeRequest>,
+) -> Result<Response, Error> {
+    let client = client(addr, &headers);
+    let response = deps
+        .identity
+        .exchange(
+            &request.code.into_secret(),
+            &request.code_verifier.into_secret(),
+            &request.public_key,
+            &request.proof,
+            &client,
+        )
+        .await?;
+    Ok(Json(response).into_response())
+}
+
+pub async fn device_start(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let client = client(addr, &headers);
+    Ok(Json(deps.identity.device_start(&client).await?).into_response())
+}
+
+pub async fn device_poll(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<DevicePollRequest>,
+) -> Result<Response, Error> {
+    let client = client(addr, &headers);
+    let outcome = deps
+        .identity
+        .device_poll(
+            &request.request_id,
+            &request.public_key,
+            &request.proof,
+            &client,
+        )
+        .await?;
+    Ok(match outcome {
+        DeviceOutcome::Done(response) => Json(*response).into_response(),
+        DeviceOutcome::Pending { interval } => (
+            StatusCode::BAD_REQUEST,
+            Json(PollPending {
+                error: "authorization_pending".into(),
+                interval,
+            }),
+        )
+            .into_response(),
+        DeviceOutcome::SlowDown { interval } => (
+            StatusCode::BAD_REQUEST,
+            Json(PollPending {
+                error: "slow_down".into(),
+                interval,
+            }),
+        )
+            .into_response(),
+    })
+}
+
+pub async fn breakglass(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<BreakglassLoginRequest>,
+) -> Result<Response, Error> {
+    let client = client(addr, &headers);
+    let response = deps
+        .identity
+        .breakglass_login(
+            &request.username,
+            &request.password.into_secret(),
+            &request.totp.into_secret(),
+            &request.public_key,
+            &request.proof,
+            &client,
+        )
+        .await?;
+    Ok(Json(response).into_response())
+}
+
+pub async fn whoami(
+    Authenticated { principal, .. }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+) -> Response {
+    Json(deps.identity.whoami(&principal)).into_response()
+}
+
+pub async fn logout(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+) -> Result<Response, Error> {
+    deps.identity.logout(&principal, &client).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn certify(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    Json(request): Json<CertRequest>,
+) -> Result<Response, Error> {
+    let (certificate, certificate_expires_at) = deps
+        .identity
+        .certify(&principal, &request.public_key, &request.proof, &client)
+        .await?;
+    Ok(Json(CertResponse {
+        certificate,
+        certificate_expires_at,
+    })
+    .into_response())
+}
+
+/// A request carrying a valid broker token (`Authorization: Bearer`).
+/// Rejected tokens are audited as `token.rejected`.
+pub struct Authenticated {
+    pub principal: Principal,
+    pub client: Client,
+}
+
+impl FromRequestParts<Arc<Deps>> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, deps: &Arc<Deps>) -> Result<Self, Error> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let client = client(addr, &parts.headers);
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let Some(token) = token else {
+            return Err(Error::Unauthorized(AuthError::Missing.to_string()));
+        };
+        match deps.identity.authenticate(token).await {
+            Ok(principal) => Ok(Authenticated { principal, client }),
+            Err(AuthError::Unavailable) => {
+                Err(Error::Unavailable(AuthError::Unavailable.to_string()))
+            }
+            Err(e) => {
+                deps.audit
+                    .note(
+                        AuditEvent::new(EventKind::TokenRejected, Outcome::Denied)
+                            .source_ip(client.ip)
+                            .details(json!({
+                                "reason": e.to_string(),
+                                "path": parts.uri.path(),
+                                "user_agent": client.user_agent,
+                            })),
+                    )
+                    .await;
+                Err(Error::Unauthorized(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Minimal HTML escaping for text placed in pages.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
