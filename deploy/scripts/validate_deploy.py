@@ -8,6 +8,8 @@
            src/config.rs, with values of the right shape; pam.example.toml
            covers every key the broker knows
   env      every PAM_SECTION__KEY variable named under deploy/ is a real key
+  keys     the key files of src/keys/mod.rs are the ones the entrypoint, the
+           key generation script and the module handle
   broker   optionally, the real parser: `pam ca show user --config FILE` on each
            config (only with PAM_BIN, or a pam binary newer than src/config.rs)
   checkov  reads checkov JSON reports given with --checkov and fails on any
@@ -342,6 +344,27 @@ def step_env(schema: Schema, report: Report) -> None:
     report.counts["env_vars"] = len(seen)
 
 
+def step_key_files(report: Report) -> None:
+    """The five key files of src/keys/mod.rs are named everywhere key material is handled."""
+    src = (ROOT / "src" / "keys" / "mod.rs").read_text()
+    m = re.search(r"const FILES: \[&str; \d+\] = \[(.*?)\];", src, re.S)
+    if not m:
+        report.fail("src/keys/mod.rs: key file list (const FILES) not found")
+        return
+    names = re.findall(r'"(\w+)"', m.group(1))
+    users = [
+        DEPLOY / "docker" / "entrypoint.sh",
+        DEPLOY / "scripts" / "init-key-material.sh",
+        DEPLOY / "terraform" / "modules" / "pam" / "main.tf",
+    ]
+    for path in users:
+        text = path.read_text()
+        for name in names:
+            if name not in text:
+                report.fail(f"{path.relative_to(ROOT)}: does not handle key file {name} (src/keys/mod.rs)")
+    report.counts["key_files"] = len(names)
+
+
 def find_pam_binary() -> tuple[Path | None, str]:
     explicit = os.environ.get("PAM_BIN")
     if explicit:
@@ -422,6 +445,7 @@ def main() -> int:
     step_hcl(report)
     configs = step_toml(schema, report)
     step_env(schema, report)
+    step_key_files(report)
     step_broker(configs, report)
     if args.checkov:
         step_checkov(args.checkov, report)
