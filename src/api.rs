@@ -144,3 +144,13 @@ impl fmt::Debug for Sensitive {
         f.write_str("<redacted>")
     }
 }
+
+/// A target the caller may use (`GET /api/v1/targets`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub name: String,
+    pub kind: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// What the caller must add to use it (e.g. `reason`).
+    pub requires: Vec<String>,
+}

@@ -15,10 +15,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{self, Audit};
 use crate::config::Config;
+use crate::config::TargetConfig;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
-use crate::identity::{Identity, PublicAddrs};
+use crate::domain::policy::{Action, RequestContext, Resource};
+use crate::domain::principal::CertGrants;
+use crate::identity::{GrantsFn, Identity, PublicAddrs};
 use crate::keys::{self, KeyMaterial};
 use crate::metrics::Metrics;
+use crate::policy::{Engine, Gate};
 use crate::store::{self, Db};
 use crate::web;
 
@@ -87,6 +91,10 @@ pub async fn run_with(
         ssh: ssh_listener,
         postgres: pg_listener,
     } = listeners;
+    // Policies are checked before anything is written: a broker with
+    // invalid policies does not start.
+    let policy_dir = policy_dir(&config)?;
+    let engine = Arc::new(Engine::load(&policy_dir).map_err(|e| anyhow::anyhow!("{e}"))?);
 
     let database_url = config.database_url();
     if let Some(path) = sqlite_path(&database_url) {
@@ -149,6 +157,9 @@ pub async fn run_with(
         },
     )
     .context("setting up identity")?;
+    let gate = Gate::new(engine.clone(), audit.clone(), metrics.clone());
+    let targets = Arc::new(config.targets.clone());
+    identity.set_grants(grants_from_policy(engine.clone(), targets.clone()));
     let dev_breakglass = if config.dev && !identity.breakglass_exists().await? {
         let enrolment = identity
             .add_breakglass(
@@ -179,6 +190,8 @@ pub async fn run_with(
     let web_deps = web::Deps {
         audit: audit.clone(),
         identity: identity.clone(),
+        gate: gate.clone(),
+        targets: targets.clone(),
         metrics: metrics.clone(),
         ssh_user_ca: keys::openssh_public(&keys.ssh_user_ca, "pam-user-ca"),
         ssh_target_ca: keys::openssh_public(&keys.ssh_target_ca, "pam-target-ca"),
@@ -192,6 +205,10 @@ pub async fn run_with(
         web::serve(http_listener, web_deps, stop_rooms.clone()),
     );
     rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
+    rooms.spawn(
+        gate.clone()
+            .watch(config.policy.watch_interval.0, stop_rooms.clone()),
+    );
     // The SSH and PostgreSQL rooms hold their ports until they land.
     let _held = (ssh_listener, pg_listener);
 
@@ -233,6 +250,71 @@ pub async fn run_with(
         anyhow::bail!("a listener failed (see the log above)");
     }
     Ok(())
+}
+
+/// The policy directory; `--dev` falls back to the embedded examples
+/// (written under data_dir) when `policy.dir` does not exist.
+fn policy_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
+    let dir = config.policy.dir.clone();
+    if dir.exists() || !config.dev {
+        return Ok(dir);
+    }
+    let fallback = config.server.data_dir.join("policies");
+    keys::create_private_dir(&fallback)?;
+    for (name, text) in crate::policy::EXAMPLES {
+        let path = fallback.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    tracing::info!(dir = %fallback.display(), "using the example policies");
+    Ok(fallback)
+}
+
+/// Certificate principals and forwarding decided by policy: the user's own
+/// name plus every login they may reach on an SSH target (with a reason),
+/// forwarding only if some target permits it.
+fn grants_from_policy(engine: Arc<Engine>, targets: Arc<Vec<TargetConfig>>) -> GrantsFn {
+    Arc::new(move |identity| {
+        let mut grants = CertGrants {
+            principals: vec![identity.email.clone()],
+            ..CertGrants::default()
+        };
+        let stated = RequestContext {
+            reason: Some("stated".into()),
+            ..RequestContext::default()
+        };
+        for target in targets.iter() {
+            let crate::config::TargetKind::Ssh(ssh) = &target.kind else {
+                continue;
+            };
+            let resource = Resource::Target(target.to_ref());
+            if engine
+                .decide(identity, Action::Ssh, &resource, &stated)
+                .is_err()
+            {
+                continue;
+            }
+            for login in std::iter::once(&ssh.login).chain(ssh.logins.iter()) {
+                if !grants.principals.contains(login) && grants.principals.len() < 256 {
+                    grants.principals.push(login.clone());
+                }
+            }
+            let forward = |kind: &str| {
+                let ctx = RequestContext {
+                    forward: Some(kind.into()),
+                    ..stated.clone()
+                };
+                engine
+                    .decide(identity, Action::SshForward, &resource, &ctx)
+                    .is_ok()
+            };
+            grants.port_forwarding |= forward("tcp");
+            grants.agent_forwarding |= forward("agent");
+            grants.x11_forwarding |= forward("x11");
+        }
+        grants
+    })
 }
 
 /// Deletes finished logins and one-time codes every ten minutes.

@@ -539,6 +539,26 @@ impl OidcConfig {
 }
 
 impl TargetConfig {
+    /// The target as policy sees it.
+    pub fn to_ref(&self) -> crate::domain::policy::TargetRef {
+        crate::domain::policy::TargetRef {
+            name: self.name.clone(),
+            kind: self.kind_name().to_owned(),
+            tags: self.tags.clone(),
+        }
+    }
+
+    /// The action that uses this kind of target.
+    pub fn action(&self) -> crate::domain::policy::Action {
+        use crate::domain::policy::Action;
+        match self.kind {
+            TargetKind::Ssh(_) => Action::Ssh,
+            TargetKind::Postgres(_) => Action::DbConnect,
+            TargetKind::Aws(_) => Action::AwsAssume,
+            TargetKind::Ecs(_) => Action::EcsExec,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             TargetKind::Ssh(_) => "ssh",

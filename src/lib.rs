@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod audit;
 pub mod identity;
 pub mod keys;
+pub mod policy;
 pub mod store;
 
 pub mod web;

@@ -7,6 +7,7 @@ mod audit;
 mod broker;
 mod home;
 mod login;
+mod policy;
 mod serve;
 
 use std::collections::HashMap;
@@ -69,6 +70,13 @@ enum Command {
     Logout,
     /// Who am I, groups, MFA, token and certificate expiry.
     Status(login::StatusArgs),
+    /// Evaluate and validate Cedar policies.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
+    /// List the targets you may use.
+    Ls(policy::LsArgs),
     /// Broker administration (offline tools that use the broker's store).
     Admin {
         #[command(subcommand)]
@@ -185,6 +193,8 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
         Command::Logout => login::logout(env).await,
         Command::Status(args) => login::status(args, env).await,
         Command::Admin { command } => admin::run(command, env).await,
+        Command::Policy { command } => policy::run(command, &env),
+        Command::Ls(args) => policy::ls(args, env).await,
     }
 }
 

@@ -2,4 +2,5 @@
 //! targets, actions and decisions. Every other module speaks these types.
 
 pub mod audit;
+pub mod policy;
 pub mod principal;

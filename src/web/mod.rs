@@ -3,6 +3,7 @@
 //! One entry point, [`serve`]; the caller binds the listener. Handlers turn
 //! errors into safe responses through [`error::Error`].
 
+pub mod api;
 pub mod auth;
 pub mod error;
 
@@ -17,14 +18,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
+use crate::config::TargetConfig;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::policy::Gate;
 
 /// What the HTTP room needs from the rest of the broker.
 #[derive(Clone)]
 pub struct Deps {
     pub audit: Audit,
     pub identity: Identity,
+    pub gate: Gate,
+    pub targets: Arc<Vec<TargetConfig>>,
     pub metrics: Arc<Metrics>,
     /// OpenSSH public key lines of the CAs.
     pub ssh_user_ca: String,
@@ -68,6 +73,7 @@ pub fn router(deps: Deps) -> Router {
         .route("/api/v1/auth/whoami", get(auth::whoami))
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/cert", post(auth::certify))
+        .route("/api/v1/targets", get(api::targets))
         .layer(axum::middleware::from_fn_with_state(
             deps.clone(),
             count_requests,

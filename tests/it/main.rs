@@ -5,5 +5,6 @@ mod support;
 
 mod audit_trail;
 mod identity;
+mod policy;
 mod serve;
 mod tidy;

@@ -74,7 +74,8 @@ fn modules_import_only_what_their_invariants_allow() {
                 "cedar_policy",
                 "russh",
                 "axum",
-                "aws_",
+                "aws_sdk",
+                "aws_config",
             ] {
                 if needle != "crate::" || code.contains("use crate::") {
                     forbid(needle, "domain has no I/O and no framework types");
