@@ -205,8 +205,9 @@ impl Gate {
         // edit made before this task first runs is still noticed.
         let mut seen = Some(self.engine.active().hash.clone());
         async move {
-            let mut ticker =
-                tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+            // The first poll is one period away: `seen` already is the start.
+            let every = every.max(std::time::Duration::from_millis(100));
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let trigger = tokio::select! {

@@ -590,7 +590,7 @@ async fn sighup_reloads_the_policies_of_a_running_broker() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let event: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(event["actor"], "pam (SIGHUP)");
+    assert_eq!(event["actor"], "pam (SIGHUP)", "{text}");
     assert!(
         event["details"]["policies"]
             .as_array()
