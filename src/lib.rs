@@ -14,6 +14,7 @@ pub mod config;
 pub mod metrics;
 
 pub mod audit;
+pub mod aws;
 pub mod identity;
 pub mod keys;
 pub mod policy;
