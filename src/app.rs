@@ -23,6 +23,7 @@ use crate::identity::{GrantsFn, Identity, PublicAddrs};
 use crate::keys::{self, KeyMaterial};
 use crate::metrics::Metrics;
 use crate::policy::{Engine, Gate};
+use crate::sessions::Sessions;
 use crate::store::{self, Db};
 use crate::web;
 
@@ -158,6 +159,14 @@ pub async fn run_with(
     )
     .context("setting up identity")?;
     let gate = Gate::new(engine.clone(), audit.clone(), metrics.clone());
+    let sessions = Sessions::new(
+        db.clone(),
+        audit.clone(),
+        gate.clone(),
+        metrics.clone(),
+        node.clone(),
+        &config.session,
+    );
     let targets = Arc::new(config.targets.clone());
     identity.set_grants(grants_from_policy(engine.clone(), targets.clone()));
     let dev_breakglass = if config.dev && !identity.breakglass_exists().await? {
@@ -191,6 +200,7 @@ pub async fn run_with(
         audit: audit.clone(),
         identity: identity.clone(),
         gate: gate.clone(),
+        sessions: sessions.clone(),
         targets: targets.clone(),
         metrics: metrics.clone(),
         ssh_user_ca: keys::openssh_public(&keys.ssh_user_ca, "pam-user-ca"),
@@ -205,6 +215,11 @@ pub async fn run_with(
         web::serve(http_listener, web_deps, stop_rooms.clone()),
     );
     rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
+    rooms.spawn(
+        sessions
+            .clone()
+            .run(identity.revocations(), stop_rooms.clone()),
+    );
     rooms.spawn(
         gate.clone()
             .watch(config.policy.watch_interval.0, stop_rooms.clone()),

@@ -8,6 +8,7 @@
 //! the action that needed the record is refused ([`Audit::gate`]).
 
 pub mod chain;
+pub mod recording;
 pub mod verify;
 
 use std::sync::Arc;

@@ -4,3 +4,4 @@
 pub mod audit;
 pub mod policy;
 pub mod principal;
+pub mod session;

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod identity;
+pub mod sessions;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::Deps;
 use super::auth::Authenticated;
+use super::error::Error;
 use crate::api::TargetInfo;
 use crate::domain::policy::{RequestContext, Resource};
 
@@ -66,4 +67,125 @@ pub async fn targets(
         });
     }
     Json(out)
+}
+
+/// Passes the policy gate for an audit or admin action, or answers 403.
+async fn authorize(
+    deps: &Deps,
+    principal: &crate::domain::principal::Principal,
+    client: &crate::identity::Client,
+    action: crate::domain::policy::Action,
+) -> Result<(), Error> {
+    let resource = match action {
+        crate::domain::policy::Action::Admin => Resource::Broker,
+        _ => Resource::Audit,
+    };
+    let context = RequestContext {
+        source_ip: client.ip,
+        ..RequestContext::default()
+    };
+    deps.gate
+        .check(
+            &principal.identity,
+            Some(&principal.session_id),
+            action,
+            &resource,
+            &context,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|denied| Error::Forbidden(denied.to_string()))
+}
+
+#[derive(Deserialize)]
+pub struct SessionsQuery {
+    user: Option<String>,
+    target: Option<String>,
+    kind: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/sessions` (view_audit): live sessions first, then newest.
+pub async fn sessions(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<Vec<crate::domain::session::SessionRecord>>, Error> {
+    authorize(
+        &deps,
+        &principal,
+        &client,
+        crate::domain::policy::Action::ViewAudit,
+    )
+    .await?;
+    let filter = crate::domain::session::SessionFilter {
+        user: q.user,
+        target: q.target,
+        kind: q.kind,
+        status: q.status,
+        limit: q.limit.unwrap_or(100),
+        ..Default::default()
+    };
+    deps.sessions
+        .list(&filter)
+        .await
+        .map(Json)
+        .map_err(|e| Error::Internal(e.into()))
+}
+
+/// `GET /api/v1/sessions/{id}` (view_audit).
+pub async fn session(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<crate::domain::session::SessionRecord>, Error> {
+    authorize(
+        &deps,
+        &principal,
+        &client,
+        crate::domain::policy::Action::ViewAudit,
+    )
+    .await?;
+    deps.sessions
+        .get(&id)
+        .await
+        .map_err(|e| Error::Internal(e.into()))?
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("no session {id}")))
+}
+
+#[derive(Deserialize)]
+pub struct TerminateRequest {
+    reason: String,
+}
+
+/// `POST /api/v1/sessions/{id}/terminate` (admin): ends a live session on
+/// whichever broker holds it.
+pub async fn terminate(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Json(request): Json<TerminateRequest>,
+) -> Result<axum::http::StatusCode, Error> {
+    authorize(
+        &deps,
+        &principal,
+        &client,
+        crate::domain::policy::Action::Admin,
+    )
+    .await?;
+    let reason = request.reason.trim();
+    if reason.is_empty() {
+        return Err(Error::BadRequest("a reason is required".into()));
+    }
+    match deps
+        .sessions
+        .terminate(&id, principal.email(), reason)
+        .await
+    {
+        Ok(true) => Ok(axum::http::StatusCode::ACCEPTED),
+        Ok(false) => Err(Error::NotFound(format!("no live session {id}"))),
+        Err(e) => Err(Error::Internal(e.into())),
+    }
 }

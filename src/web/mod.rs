@@ -22,6 +22,7 @@ use crate::config::TargetConfig;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy::Gate;
+use crate::sessions::Sessions;
 
 /// What the HTTP room needs from the rest of the broker.
 #[derive(Clone)]
@@ -29,6 +30,7 @@ pub struct Deps {
     pub audit: Audit,
     pub identity: Identity,
     pub gate: Gate,
+    pub sessions: Sessions,
     pub targets: Arc<Vec<TargetConfig>>,
     pub metrics: Arc<Metrics>,
     /// OpenSSH public key lines of the CAs.
@@ -74,6 +76,9 @@ pub fn router(deps: Deps) -> Router {
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/cert", post(auth::certify))
         .route("/api/v1/targets", get(api::targets))
+        .route("/api/v1/sessions", get(api::sessions))
+        .route("/api/v1/sessions/{id}", get(api::session))
+        .route("/api/v1/sessions/{id}/terminate", post(api::terminate))
         .layer(axum::middleware::from_fn_with_state(
             deps.clone(),
             count_requests,

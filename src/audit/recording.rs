@@ -1,0 +1,303 @@
+//! Terminal recordings in asciicast v2, written as the session runs.
+//!
+//! The session sends events into a bounded queue; a writer task encodes
+//! them, so the relay never waits on JSON or the disk unless the queue is
+//! full. The file is flushed at least every second (a crash loses at most
+//! one second) and fsynced at the end, when its SHA-256 (over exactly the
+//! bytes written) goes into `session.end`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// The header line of a recording.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub width: u16,
+    pub height: u16,
+    /// Unix seconds when the session started.
+    pub timestamp: i64,
+    pub title: String,
+    pub term: Option<String>,
+    pub session_id: String,
+    pub user: String,
+    pub target: String,
+}
+
+/// What a finished recording is.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub sha256: String,
+    pub bytes: u64,
+    pub path: PathBuf,
+}
+
+enum Event {
+    Output(Bytes),
+    Input(Bytes),
+    Resize(u16, u16),
+    Marker(String),
+}
+
+/// Handle the session writes through. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<(f64, Event)>,
+    started: Instant,
+}
+
+/// The writer's join handle; `finish` waits for it.
+pub struct Writer {
+    task: tokio::task::JoinHandle<std::io::Result<Finished>>,
+}
+
+/// Events queued before the session has to wait for the writer.
+const QUEUE: usize = 4096;
+
+impl Recorder {
+    /// Creates `root/relative` (and its directories) and starts the writer.
+    pub async fn create(
+        root: &Path,
+        relative: &Path,
+        header: &Header,
+    ) -> std::io::Result<(Recorder, Writer)> {
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await?;
+        let mut env = serde_json::Map::new();
+        if let Some(term) = &header.term {
+            env.insert("TERM".into(), json!(term));
+        }
+        let line = json!({
+            "version": 2,
+            "width": header.width.max(1),
+            "height": header.height.max(1),
+            "timestamp": header.timestamp,
+            "title": header.title,
+            "env": env,
+            "pam": {"session_id": header.session_id, "user": header.user, "target": header.target},
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_loop(file, path, format!("{line}\n"), rx));
+        Ok((
+            Recorder {
+                tx,
+                started: Instant::now(),
+            },
+            Writer { task },
+        ))
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Terminal output (what the user saw).
+    pub async fn output(&self, data: Bytes) {
+        let _ = self.tx.send((self.now(), Event::Output(data))).await;
+    }
+
+    /// Terminal input (keystrokes or an exec command), when recorded.
+    pub async fn input(&self, data: Bytes) {
+        let _ = self.tx.send((self.now(), Event::Input(data))).await;
+    }
+
+    pub async fn resize(&self, cols: u16, rows: u16) {
+        let _ = self.tx.send((self.now(), Event::Resize(cols, rows))).await;
+    }
+
+    /// A marker (asciicast "m"): broker notices such as a warning or a kill.
+    pub async fn marker(&self, text: impl Into<String>) {
+        let _ = self.tx.send((self.now(), Event::Marker(text.into()))).await;
+    }
+}
+
+impl Writer {
+    /// Waits until every queued event is written and the file is synced.
+    /// Call after dropping every [`Recorder`] clone.
+    pub async fn finish(self) -> std::io::Result<Finished> {
+        self.task
+            .await
+            .map_err(|e| std::io::Error::other(format!("recording writer: {e}")))?
+    }
+}
+
+async fn write_loop(
+    file: tokio::fs::File,
+    path: PathBuf,
+    header: String,
+    mut rx: mpsc::Receiver<(f64, Event)>,
+) -> std::io::Result<Finished> {
+    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let mut carry_out: Vec<u8> = Vec::new();
+    let mut carry_in: Vec<u8> = Vec::new();
+    let mut line = String::with_capacity(4096);
+    let put = |line: &str, hasher: &mut Sha256, written: &mut u64| {
+        hasher.update(line.as_bytes());
+        *written += line.len() as u64;
+    };
+    out.write_all(header.as_bytes()).await?;
+    put(&header, &mut hasher, &mut written);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = false;
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some((time, event)) = event else { break };
+                line.clear();
+                match event {
+                    Event::Output(data) => encode(&mut line, time, "o", &mut carry_out, &data),
+                    Event::Input(data) => encode(&mut line, time, "i", &mut carry_in, &data),
+                    Event::Resize(cols, rows) => {
+                        line.push_str(&format!("[{time:.6}, \"r\", \"{cols}x{rows}\"]\n"));
+                    }
+                    Event::Marker(text) => {
+                        line.push_str(&format!("[{time:.6}, \"m\", {}]\n", json!(text)));
+                    }
+                }
+                if !line.is_empty() {
+                    out.write_all(line.as_bytes()).await?;
+                    put(&line, &mut hasher, &mut written);
+                    dirty = true;
+                }
+            }
+            _ = ticker.tick() => {
+                if dirty {
+                    out.flush().await?;
+                    dirty = false;
+                }
+            }
+        }
+    }
+    out.flush().await?;
+    out.get_ref().sync_all().await?;
+    Ok(Finished {
+        sha256: hex::encode(hasher.finalize()),
+        bytes: written,
+        path,
+    })
+}
+
+/// Appends `[time, kind, "text"]\n` for the complete UTF-8 part of
+/// `carry ++ data`; an incomplete trailing sequence waits for the next chunk.
+fn encode(line: &mut String, time: f64, kind: &str, carry: &mut Vec<u8>, data: &[u8]) {
+    carry.extend_from_slice(data);
+    let complete = match std::str::from_utf8(carry) {
+        Ok(_) => carry.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => carry.len(),
+    };
+    if complete == 0 {
+        return;
+    }
+    let text = String::from_utf8_lossy(&carry[..complete]);
+    line.push_str(&format!("[{time:.6}, \"{kind}\", "));
+    line.push_str(&serde_json::Value::String(text.into_owned()).to_string());
+    line.push_str("]\n");
+    carry.drain(..complete);
+}
+
+/// Where a session's recording goes under the recordings directory.
+pub fn relative_path(session_id: &str, started_us: i64) -> PathBuf {
+    let t = crate::domain::audit::from_us(started_us);
+    PathBuf::from(format!(
+        "{:04}/{:02}/{:02}/{session_id}.cast",
+        t.year(),
+        u8::from(t.month()),
+        t.day()
+    ))
+}
+
+/// True for ids that may name a recording file (no path tricks).
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_chunks_is_kept_whole() {
+        let mut line = String::new();
+        let mut carry = Vec::new();
+        let text = "héllo €";
+        let bytes = text.as_bytes();
+        encode(&mut line, 0.5, "o", &mut carry, &bytes[..2]);
+        encode(&mut line, 0.6, "o", &mut carry, &bytes[2..9]);
+        encode(&mut line, 0.7, "o", &mut carry, &bytes[9..]);
+        let decoded: String = line
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()[2]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(decoded, text);
+        assert!(carry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_recording_is_valid_asciicast_v2_with_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = Header {
+            width: 80,
+            height: 24,
+            timestamp: 1_700_000_000,
+            title: "t".into(),
+            term: Some("xterm".into()),
+            session_id: "s".into(),
+            user: "u".into(),
+            target: "t".into(),
+        };
+        let (recorder, writer) = Recorder::create(dir.path(), Path::new("a/b.cast"), &header)
+            .await
+            .unwrap();
+        recorder
+            .output(Bytes::from_static(b"hello \x1b[1mworld\x1b[0m\r\n<script>"))
+            .await;
+        recorder.resize(100, 30).await;
+        recorder.input(Bytes::from_static(b"ls\r")).await;
+        drop(recorder);
+        let finished = writer.finish().await.unwrap();
+        let text = std::fs::read_to_string(dir.path().join("a/b.cast")).unwrap();
+        assert_eq!(
+            finished.sha256,
+            hex::encode(Sha256::digest(text.as_bytes()))
+        );
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["version"], 2);
+        assert_eq!(lines[1][1], "o");
+        assert_eq!(lines[1][2], "hello \u{1b}[1mworld\u{1b}[0m\r\n<script>");
+        assert_eq!(lines[2][2], "100x30");
+        assert_eq!(lines[3][1], "i");
+    }
+
+    #[test]
+    fn ids_with_path_tricks_are_refused() {
+        assert!(valid_session_id("01a2180c-4b00-7531-b4c8-e0b9d49299d2"));
+        for bad in ["", "../x", "a/b", "..", "x.cast", "%2e%2e"] {
+            assert!(!valid_session_id(bad), "{bad}");
+        }
+    }
+}

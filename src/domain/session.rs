@@ -1,0 +1,43 @@
+//! Brokered sessions as records: what the sessions table holds and how
+//! listings filter it.
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub kind: String,
+    pub user_email: String,
+    pub broker_session: Option<String>,
+    pub target: String,
+    pub login: Option<String>,
+    pub node: String,
+    pub source_ip: Option<String>,
+    pub client: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub status: String,
+    pub end_reason: Option<String>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub recording: Option<String>,
+    pub recording_sha256: Option<String>,
+    pub exit_status: Option<i64>,
+    pub details: String,
+    pub terminate_requested_at: Option<i64>,
+    pub terminate_by: Option<String>,
+    pub terminate_reason: Option<String>,
+}
+
+/// A page of sessions, live first, then newest first.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    /// Keyset cursor: sessions that started before this (µs), with id tiebreak.
+    pub before: Option<(i64, String)>,
+    pub limit: u32,
+}
