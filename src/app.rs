@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Engine, Gate};
 use crate::sessions::Sessions;
 use crate::store::{self, Db};
-use crate::web;
+use crate::{ssh, web};
 
 /// Where a started broker listens; sent to the caller once everything is up.
 #[derive(Debug, Clone)]
@@ -224,8 +224,30 @@ pub async fn run_with(
         gate.clone()
             .watch(config.policy.watch_interval.0, stop_rooms.clone()),
     );
-    // The SSH and PostgreSQL rooms hold their ports until they land.
-    let _held = (ssh_listener, pg_listener);
+    let ssh_deps = ssh::Deps {
+        identity: identity.clone(),
+        gate: gate.clone(),
+        sessions: sessions.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+        targets: targets.clone(),
+        host_key: keys.ssh_host.clone(),
+        user_ca: keys.ssh_user_ca.clone(),
+        target_ca: keys.ssh_target_ca.clone(),
+        recordings_dir: config.recordings_dir(),
+        record_input: config.session.record_input,
+        target_cert_ttl: config.session.target_cert_ttl.0,
+        max_connections: config.server.max_connections,
+        env_allow: ["LANG", "LC_*", "TZ"].map(String::from).to_vec(),
+    };
+    spawn_room(
+        &rooms,
+        "ssh",
+        &failed,
+        ssh::serve(ssh_listener, ssh_deps, stop_rooms.clone()),
+    );
+    // The PostgreSQL room holds its port until it lands.
+    let _held = pg_listener;
 
     tracing::info!(
         http = %running.http,

@@ -28,6 +28,19 @@ pub enum AuditCommand {
     },
     /// List audit events, newest first.
     Events(EventsArgs),
+    /// Replay a recorded session in the terminal.
+    Play {
+        /// The session id (from `pam audit events` or the web view).
+        session: String,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Cap every pause at this many seconds.
+        #[arg(long, default_value_t = 2.0)]
+        max_wait: f64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Append synthetic events as fast as possible, printing each acknowledged id.
     #[command(hide = true)]
     Stress {
@@ -79,6 +92,12 @@ pub async fn run(command: AuditCommand, env: HashMap<String, String>) -> anyhow:
     match command {
         AuditCommand::Verify { store, json } => verify_command(&store, json, &env).await,
         AuditCommand::Events(args) => events_command(args, &env).await,
+        AuditCommand::Play {
+            session,
+            speed,
+            max_wait,
+            store,
+        } => play_command(&store, &session, speed, max_wait, &env).await,
         AuditCommand::Stress {
             store,
             count,
@@ -274,6 +293,66 @@ async fn stress_command(
         done as f64 / elapsed.as_secs_f64()
     );
     db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn play_command(
+    store: &StoreArgs,
+    session: &str,
+    speed: f64,
+    max_wait: f64,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    if !crate::audit::recording::valid_session_id(session) {
+        anyhow::bail!("{session:?} is not a session id");
+    }
+    let config = store.load(env)?;
+    let db = crate::app::open_store(&config).await?;
+    let record = crate::store::sessions::get(&db, session).await?;
+    db.close().await;
+    let record = record.with_context(|| format!("no session {session}"))?;
+    let relative = record.recording.with_context(|| {
+        format!(
+            "session {session} has no terminal recording (kind {})",
+            record.kind
+        )
+    })?;
+    let path = config.recordings_dir().join(&relative);
+    let text = tokio::fs::read_to_string(&path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    if let Some(expected) = &record.recording_sha256 {
+        use sha2::Digest;
+        let actual = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        if &actual != expected {
+            eprintln!(
+                "pam: warning: the recording does not match the SHA-256 in session.end ({expected}); it was changed"
+            );
+        }
+    }
+    let speed = if speed > 0.0 { speed } else { 1.0 };
+    let stdout = std::io::stdout();
+    let mut last = 0.0f64;
+    for line in text.lines().skip(1) {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(time), Some(kind), Some(data)) =
+            (event[0].as_f64(), event[1].as_str(), event[2].as_str())
+        else {
+            continue;
+        };
+        let wait = ((time - last) / speed).clamp(0.0, max_wait);
+        last = time;
+        if wait > 0.0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+        }
+        if kind == "o" {
+            let mut out = stdout.lock();
+            out.write_all(data.as_bytes())?;
+            out.flush()?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -540,6 +540,13 @@ impl Live {
         self.entry.warned_idle.store(false, Ordering::Relaxed);
     }
 
+    /// A handle on this session's counters for relay tasks.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            entry: self.entry.clone(),
+        }
+    }
+
     /// Bytes from the user to the target.
     pub fn add_in(&self, n: usize) {
         self.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -634,6 +641,26 @@ impl Live {
                     })),
             )
             .await;
+    }
+}
+
+/// Byte counters and input activity of a live session, for relay tasks.
+#[derive(Clone)]
+pub struct Counters {
+    entry: Arc<Entry>,
+}
+
+impl Counters {
+    /// `n` bytes of user input (counts as activity).
+    pub fn input(&self, n: usize) {
+        self.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.entry.last_input_us.store(now_us(), Ordering::Relaxed);
+        self.entry.warned_idle.store(false, Ordering::Relaxed);
+    }
+
+    /// `n` bytes of output (not activity).
+    pub fn output(&self, n: usize) {
+        self.entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

@@ -7,4 +7,5 @@ mod audit_trail;
 mod identity;
 mod policy;
 mod serve;
+mod ssh;
 mod tidy;

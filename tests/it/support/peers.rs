@@ -123,3 +123,160 @@ pub fn browse(url: &str, stop_prefix: Option<&str>) -> String {
         .expect("running the test browser");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A real OpenSSH server (the machine's /usr/sbin/sshd) as an SSH target,
+/// on its own port, for the `pamtest` account. It trusts the CAs written
+/// to its TrustedUserCAKeys file (read on every authentication, so a
+/// broker's target CA can be added after the broker started). Killed on
+/// drop, with its per-connection children.
+pub struct Sshd {
+    pub port: u16,
+    /// `ssh-ed25519 AAAA...` of its host key.
+    pub host_key: String,
+    pub dir: tempfile::TempDir,
+    /// A CA of the test's own, trusted too, for direct connections.
+    pub direct_ca: PathBuf,
+    child: Child,
+}
+
+pub const SSH_LOGIN: &str = "pamtest";
+
+impl Sshd {
+    pub async fn start() -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("pam-sshd")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let keygen = |path: &Path| {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ssh-keygen");
+        };
+        keygen(&d.join("hostkey"));
+        keygen(&d.join("direct_ca"));
+        std::fs::copy(d.join("direct_ca.pub"), d.join("trusted_cas")).unwrap();
+        std::fs::create_dir_all(d.join("authorized_keys")).unwrap();
+        let port = super::free_port();
+        let config = d.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys/%u\nTrustedUserCAKeys {d}/trusted_cas\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nPermitRootLogin no\nAllowUsers {SSH_LOGIN}\nAllowTcpForwarding yes\n\
+                 X11Forwarding no\nPrintMotd no\nPrintLastLog no\nLogLevel VERBOSE\nUseDNS no\n\
+                 MaxStartups 200:30:400\nMaxSessions 100\nSubsystem sftp /usr/lib/openssh/sftp-server\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").ok();
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting /usr/sbin/sshd (scripts/test installs openssh-server)");
+        let host_key = std::fs::read_to_string(d.join("hostkey.pub"))
+            .unwrap()
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut sshd = Sshd {
+            port,
+            host_key,
+            direct_ca: d.join("direct_ca"),
+            dir,
+            child,
+        };
+        for _ in 0..200 {
+            if let Some(status) = sshd.child.try_wait().unwrap() {
+                panic!("sshd exited with {status}: {}", sshd.log());
+            }
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                use tokio::io::AsyncReadExt;
+                let mut banner = [0u8; 4];
+                if tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut banner))
+                    .await
+                    .is_ok()
+                    && &banner == b"SSH-"
+                {
+                    return sshd;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sshd did not become ready: {}", sshd.log());
+    }
+
+    /// Trusts another user CA (OpenSSH public key line).
+    pub fn trust_ca(&self, line: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("trusted_cas"))
+            .unwrap();
+        writeln!(file, "{}", line.trim()).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// A key and a certificate for a direct connection (signed by the test's CA).
+    pub fn direct_identity(&self) -> PathBuf {
+        let key = self.dir.path().join("direct_user");
+        if !key.exists() {
+            assert!(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(&key)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            assert!(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-s"])
+                    .arg(&self.direct_ca)
+                    .args(["-I", "direct-test", "-n", SSH_LOGIN, "-V", "-5m:+1h"])
+                    .arg(key.with_extension("pub"))
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        key
+    }
+
+    /// The `[127.0.0.1]:port key` known_hosts line.
+    pub fn known_hosts_line(&self) -> String {
+        format!("[127.0.0.1]:{} {}", self.port, self.host_key)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // Per-connection sshd processes call setsid(): kill them by parent.
+        let children = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &self.child.id().to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let _ = Command::new("kill").arg(pid).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,550 @@
+//! The russh handler of one client connection: authentication with a
+//! broker-signed certificate, the target chosen by the SSH username, and
+//! channel openings handed to their relay tasks. Kept thin on purpose.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use russh::keys::Certificate;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use super::Shared;
+use super::channel::{self, UpstreamCell};
+use super::upstream::{self, Credential, OnBehalfOf, Upstream};
+use crate::config::{Credential as CredentialSource, TargetConfig, TargetKind};
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::domain::policy::{Action, RequestContext, Resource};
+use crate::domain::principal::Principal;
+use crate::identity::AuthError;
+use crate::identity::cert::SESSION_EXTENSION;
+
+/// An authenticated client: who, and where to.
+pub(crate) struct Authed {
+    pub principal: Principal,
+    pub target: TargetConfig,
+    pub login: String,
+    pub peer: SocketAddr,
+    pub client: Option<String>,
+    /// Reason given in the username (`LOGIN@TARGET` has none; PAM_REASON
+    /// over SendEnv is read per channel).
+    pub reason: Option<String>,
+}
+
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    announced: Option<String>,
+    authed: Option<Arc<Authed>>,
+    upstream: UpstreamCell,
+    state: Arc<Mutex<State>>,
+    channels: TaskTracker,
+}
+
+/// What the end-of-connection audit needs to know.
+#[derive(Default)]
+struct State {
+    user: Option<String>,
+    attempts: u32,
+    refused: bool,
+    authenticated: bool,
+}
+
+/// Held by the connection task: audits a connection that never
+/// authenticated, and waits for its channels.
+pub(crate) struct Watch {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    state: Arc<Mutex<State>>,
+    channels: TaskTracker,
+}
+
+impl Connection {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, announced: Option<String>) -> Self {
+        Self {
+            shared,
+            peer,
+            announced,
+            authed: None,
+            upstream: Arc::new(tokio::sync::OnceCell::new()),
+            state: Arc::new(Mutex::new(State::default())),
+            channels: TaskTracker::new(),
+        }
+    }
+
+    pub fn watch(&self) -> Watch {
+        Watch {
+            shared: self.shared.clone(),
+            peer: self.peer,
+            state: self.state.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+
+    fn note_user(&self, user: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.user = Some(user.chars().take(128).collect());
+            state.attempts += 1;
+        }
+    }
+
+    /// Refuses a certificate, with an audit record saying why.
+    async fn refuse(&self, user: &str, actor: Option<&str>, reason: &str) -> Auth {
+        if let Ok(mut state) = self.state.lock() {
+            state.refused = true;
+        }
+        let mut event = AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
+            .source_ip(Some(self.peer.ip()))
+            .details(json!({"method": "ssh", "reason": reason, "ssh_user": user}));
+        if let Some(actor) = actor {
+            event = event.actor(actor);
+        }
+        self.shared.deps.audit.note(event).await;
+        tracing::info!(user, reason, "ssh authentication refused");
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        }
+    }
+
+    /// `TARGET`, `LOGIN@TARGET`, or the login alone when `pam ssh-proxy`
+    /// announced the target (`-` = the target's default login).
+    fn parse_user<'a>(&'a self, user: &'a str) -> (Option<&'a str>, &'a str) {
+        if let Some(target) = &self.announced {
+            let login = (user != "-" && !user.is_empty()).then_some(user);
+            return (login, target.as_str());
+        }
+        match user.rsplit_once('@') {
+            Some((login, target)) => (Some(login), target),
+            None => (None, user),
+        }
+    }
+}
+
+impl Watch {
+    /// Called when the connection ends.
+    pub async fn finish(self) {
+        self.channels.close();
+        self.channels.wait().await;
+        let (user, attempts, refused, authenticated) = match self.state.lock() {
+            Ok(state) => (
+                state.user.clone(),
+                state.attempts,
+                state.refused,
+                state.authenticated,
+            ),
+            Err(_) => return,
+        };
+        if !authenticated && !refused && attempts > 0 {
+            // russh refuses expired and not-yet-valid certificates (and plain
+            // keys) before asking us: record the attempt all the same.
+            self.shared
+                .deps
+                .audit
+                .note(
+                    AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
+                        .source_ip(Some(self.peer.ip()))
+                        .details(json!({
+                            "method": "ssh",
+                            "reason": "no valid broker certificate (expired, not yet valid, or a plain key)",
+                            "ssh_user": user,
+                        })),
+                )
+                .await;
+        }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        if let Ok(mut state) = self.state.lock() {
+            state.user = Some(user.chars().take(128).collect());
+        }
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        self.note_user(user);
+        Ok(self
+            .refuse(
+                user,
+                None,
+                "no valid broker certificate (a plain key, or a certificate that is expired or not yet valid); run `pam login`",
+            )
+            .await)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        self.note_user(user);
+        let email = cert.key_id().to_owned();
+        if cert.cert_type() != CertType::User {
+            return Ok(self.refuse(user, None, "not a user certificate").await);
+        }
+        if cert.validate([&self.shared.user_ca_fingerprint]).is_err() {
+            return Ok(self
+                .refuse(
+                    user,
+                    None,
+                    "certificate not signed by the broker's user CA (or outside its validity)",
+                )
+                .await);
+        }
+        let Some(session_id) = cert.extensions().get(SESSION_EXTENSION) else {
+            return Ok(self
+                .refuse(user, Some(&email), "certificate without a broker session")
+                .await);
+        };
+        let principal = match self.shared.deps.identity.session(session_id).await {
+            Ok(principal) => principal,
+            Err(AuthError::Revoked) => {
+                return Ok(self
+                    .refuse(user, Some(&email), "the broker session was revoked")
+                    .await);
+            }
+            Err(AuthError::Expired) => {
+                return Ok(self
+                    .refuse(user, Some(&email), "the broker session has expired")
+                    .await);
+            }
+            Err(e) => return Ok(self.refuse(user, Some(&email), &e.to_string()).await),
+        };
+        if principal.email() != email {
+            return Ok(self
+                .refuse(
+                    user,
+                    Some(&email),
+                    "certificate key id does not match its broker session",
+                )
+                .await);
+        }
+        let (login, target_name) = self.parse_user(user);
+        let Some(target) = self
+            .shared
+            .deps
+            .targets
+            .iter()
+            .find(|t| t.name == target_name)
+            .cloned()
+        else {
+            return Ok(self
+                .refuse(
+                    user,
+                    Some(&email),
+                    &format!("unknown target {target_name:?}"),
+                )
+                .await);
+        };
+        let login = match (&target.kind, login) {
+            (TargetKind::Ssh(ssh), Some(login)) => {
+                if login != ssh.login && !ssh.logins.iter().any(|l| l == login) {
+                    return Ok(self
+                        .refuse(
+                            user,
+                            Some(&email),
+                            &format!("login {login:?} is not offered by target {target_name}"),
+                        )
+                        .await);
+                }
+                login.to_owned()
+            }
+            (TargetKind::Ssh(ssh), None) => ssh.login.clone(),
+            _ => {
+                return Ok(self
+                    .refuse(
+                        user,
+                        Some(&email),
+                        &format!("target {target_name} is not reachable over SSH"),
+                    )
+                    .await);
+            }
+        };
+        if let Ok(mut state) = self.state.lock() {
+            state.authenticated = true;
+        }
+        self.authed = Some(Arc::new(Authed {
+            principal,
+            target,
+            login,
+            peer: self.peer,
+            client: None,
+            reason: None,
+        }));
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let client = String::from_utf8_lossy(session.remote_sshid())
+            .trim()
+            .to_owned();
+        if let Some(authed) = self.authed.take() {
+            let authed = Authed {
+                principal: authed.principal.clone(),
+                target: authed.target.clone(),
+                login: authed.login.clone(),
+                peer: authed.peer,
+                client: Some(client),
+                reason: authed.reason.clone(),
+            };
+            self.authed = Some(Arc::new(authed));
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(authed) = self.authed.clone() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let shared = self.shared.clone();
+        let upstream = self.upstream.clone();
+        let handle = session.handle();
+        self.channels
+            .spawn(channel::run(shared, authed, upstream, channel, handle));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(authed) = self.authed.clone() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        let upstream = self.upstream.clone();
+        let host = host_to_connect.to_owned();
+        let origin = (originator_address.to_owned(), originator_port);
+        self.channels.spawn(async move {
+            forward_tcp(
+                shared,
+                authed,
+                upstream,
+                channel,
+                reply,
+                host,
+                port_to_connect,
+                origin,
+            )
+            .await;
+        });
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(authed) = self.authed.clone() {
+            channel::refuse_forward(&self.shared, &authed, "agent").await;
+        }
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(authed) = self.authed.clone() {
+            channel::refuse_forward(&self.shared, &authed, "remote-tcp").await;
+        }
+        Ok(false)
+    }
+}
+
+/// `ssh -L`: only with policy's `ssh_forward` (forward = "tcp"); the
+/// connection goes out from the target, like OpenSSH's own forwarding.
+#[allow(clippy::too_many_arguments)]
+async fn forward_tcp(
+    shared: Arc<Shared>,
+    authed: Arc<Authed>,
+    upstream: UpstreamCell,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    host: String,
+    port: u32,
+    origin: (String, u32),
+) {
+    let context = RequestContext {
+        source_ip: Some(authed.peer.ip()),
+        forward: Some("tcp".into()),
+        login: Some(authed.login.clone()),
+        ..RequestContext::default()
+    };
+    let allowed = shared
+        .deps
+        .gate
+        .check(
+            &authed.principal.identity,
+            Some(&authed.principal.session_id),
+            Action::SshForward,
+            &Resource::Target(authed.target.to_ref()),
+            &context,
+        )
+        .await;
+    if allowed.is_err() {
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        return;
+    }
+    let connected = upstream
+        .get_or_init(|| async { connect_upstream(&shared, &authed).await.map(Arc::new) })
+        .await;
+    let Ok(upstream) = connected else {
+        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+        return;
+    };
+    let target_channel = match upstream
+        .handle
+        .channel_open_direct_tcpip(host.clone(), port, origin.0, origin.1)
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return;
+        }
+    };
+    reply.accept().await;
+    shared
+        .deps
+        .audit
+        .note(
+            AuditEvent::new(EventKind::SshExec, Outcome::Success)
+                .actor(authed.principal.email())
+                .source_ip(Some(authed.peer.ip()))
+                .target(&authed.target.name)
+                .details(json!({"forward": "tcp", "host": host, "port": port})),
+        )
+        .await;
+    let mut a = channel.into_stream();
+    let mut b = target_channel.into_stream();
+    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+}
+
+/// Opens the broker's connection to the target for this client connection.
+pub(crate) async fn connect_upstream(
+    shared: &Shared,
+    authed: &Authed,
+) -> Result<Upstream, upstream::Error> {
+    let TargetKind::Ssh(ssh) = &authed.target.kind else {
+        return Err(upstream::Error::Protocol {
+            target: authed.target.name.clone(),
+            reason: "not an SSH target".into(),
+        });
+    };
+    let credential = match &ssh.credential {
+        CredentialSource::BrokerCa => Credential::TargetCa(shared.deps.target_ca.clone()),
+        other => {
+            return Err(upstream::Error::Protocol {
+                target: authed.target.name.clone(),
+                reason: format!(
+                    "credential source {other:?} is not available for SSH targets in this build"
+                ),
+            });
+        }
+    };
+    let grants = forwarding_grants(shared, authed).await;
+    let who = OnBehalfOf {
+        email: authed.principal.email(),
+        session_id: &authed.principal.session_id,
+        grants,
+    };
+    let result = upstream::connect(
+        &authed.target.name,
+        ssh,
+        &authed.login,
+        &credential,
+        &who,
+        shared.deps.target_cert_ttl,
+    )
+    .await;
+    if let Err(upstream::Error::HostKeyMismatch { offered, .. }) = &result {
+        shared
+            .deps
+            .audit
+            .note(
+                AuditEvent::new(EventKind::SshHostKeyMismatch, Outcome::Denied)
+                    .actor(authed.principal.email())
+                    .source_ip(Some(authed.peer.ip()))
+                    .target(&authed.target.name)
+                    .details(json!({
+                        "address": ssh.address,
+                        "offered": offered,
+                        "pinned": ssh.host_key,
+                        "host_ca": ssh.host_ca,
+                    })),
+            )
+            .await;
+    }
+    result
+}
+
+/// Forwarding the target certificate may allow: whatever policy grants
+/// for this target (the broker still checks each forward as it comes).
+async fn forwarding_grants(
+    shared: &Shared,
+    authed: &Authed,
+) -> crate::domain::principal::CertGrants {
+    let resource = Resource::Target(authed.target.to_ref());
+    let allowed = |forward: &str| {
+        let context = RequestContext {
+            forward: Some(forward.into()),
+            login: Some(authed.login.clone()),
+            ..RequestContext::default()
+        };
+        shared
+            .deps
+            .gate
+            .peek(
+                &authed.principal.identity,
+                Action::SshForward,
+                &resource,
+                &context,
+            )
+            .is_ok()
+    };
+    crate::domain::principal::CertGrants {
+        principals: vec![authed.login.clone()],
+        port_forwarding: allowed("tcp"),
+        agent_forwarding: false,
+        x11_forwarding: false,
+    }
+}
