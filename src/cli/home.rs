@@ -118,10 +118,15 @@ impl Home {
             &self.cert_path(),
             format!("{}\n", login.certificate.trim()).as_bytes(),
         )?;
-        write_private_file(
-            &self.known_hosts_path(),
-            format!("{}\n", login.known_hosts).as_bytes(),
-        )?;
+        // The broker's host key under its address and under the alias every
+        // `*.pam` host of `pam config ssh` uses.
+        let key = login
+            .known_hosts
+            .split_once(' ')
+            .map(|(_, k)| k)
+            .unwrap_or("");
+        let known = format!("{}\n{} {key}\n", login.known_hosts, super::ssh::HOST_ALIAS);
+        write_private_file(&self.known_hosts_path(), known.as_bytes())?;
         write_private_file(&self.token_path(), login.token.as_bytes())?;
         self.write_saved(&Saved {
             broker: Some(broker.to_owned()),

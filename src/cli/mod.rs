@@ -9,6 +9,7 @@ mod home;
 mod login;
 mod policy;
 mod serve;
+mod ssh;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -77,11 +78,27 @@ enum Command {
     },
     /// List the targets you may use.
     Ls(policy::LsArgs),
+    /// SSH to a target through the broker with your certificate.
+    Ssh(ssh::SshArgs),
+    /// Print client configuration (ssh_config blocks, AWS profiles).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// OpenSSH ProxyCommand for `ssh TARGET.pam` (see `pam config ssh`).
+    #[command(hide = true)]
+    SshProxy(ssh::ProxyArgs),
     /// Broker administration (offline tools that use the broker's store).
     Admin {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// An ssh_config block so plain `ssh TARGET.pam` works.
+    Ssh,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +212,11 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
         Command::Admin { command } => admin::run(command, env).await,
         Command::Policy { command } => policy::run(command, &env),
         Command::Ls(args) => policy::ls(args, env).await,
+        Command::Ssh(args) => ssh::ssh(args, &env),
+        Command::Config {
+            command: ConfigCommand::Ssh,
+        } => ssh::config(&env),
+        Command::SshProxy(args) => ssh::proxy(args, &env).await,
     }
 }
 

@@ -970,3 +970,91 @@ async fn live_sessions_end_on_termination_revocation_and_policy_change() {
         .collect();
     assert_eq!(reasons, ["terminated", "policy_denied", "revoked"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pam_ssh_and_plain_ssh_with_pam_config_ssh() {
+    let w = world("carol").await;
+    let home = tempfile::tempdir().unwrap();
+    let browser = format!(
+        "python3 {}",
+        crate::support::peers::peers_dir()
+            .join("browser.py")
+            .display()
+    );
+    let login = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"))
+        .args([
+            "login",
+            "--broker",
+            &w.app.base_url,
+            "--login-hint",
+            "carol",
+        ])
+        .env("PAM_HOME", home.path())
+        .env("BROWSER", &browser)
+        .output()
+        .await
+        .unwrap();
+    assert!(login.status.success(), "{}", text(&login.stderr));
+    let pam = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+        cmd.args(args)
+            .env("PAM_HOME", home.path())
+            .env_remove("PAM_REASON")
+            .stdin(Stdio::null());
+        cmd
+    };
+    // `pam ssh TARGET -- CMD`
+    let out = pam(&["ssh", "web-dev", "--", "whoami"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "pamtest\n");
+    // Prod needs a reason (carol is an SRE with MFA); with one it works and is audited.
+    let out = pam(&["ssh", "web-prod", "--", "true"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("it would be allowed with a reason"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pam(&[
+        "ssh",
+        "web-prod",
+        "--reason",
+        "CHG-1234 rotate logs",
+        "--",
+        "true",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let start = w.app.event_details("session.start").await;
+    assert!(
+        start.iter().any(|s| s["reason"] == "CHG-1234 rotate logs"),
+        "{start:#?}"
+    );
+
+    // `pam config ssh` → plain `ssh TARGET.pam` and `ssh LOGIN@TARGET.pam`.
+    let config = pam(&["config", "ssh"]).output().await.unwrap();
+    assert!(config.status.success());
+    let config_file = home.path().join("ssh_config");
+    std::fs::write(&config_file, &config.stdout).unwrap();
+    for user_at in ["web-dev.pam", "pamtest@web-dev.pam"] {
+        let out = tokio::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&config_file)
+            .args(["-o", "BatchMode=yes", user_at, "id -un"])
+            .env("PAM_HOME", home.path())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{user_at}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "pamtest\n");
+    }
+}
