@@ -134,6 +134,10 @@ impl Sensitive {
         Self(value.into())
     }
 
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     pub fn into_secret(self) -> SecretString {
         SecretString::from(self.0)
     }
@@ -153,4 +157,46 @@ pub struct TargetInfo {
     pub tags: std::collections::BTreeMap<String, String>,
     /// What the caller must add to use it (e.g. `reason`).
     pub requires: Vec<String>,
+}
+
+/// `POST /api/v1/aws/credentials` and `/api/v1/aws/console`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AwsRequest {
+    /// The `aws` target's name.
+    pub role: String,
+    pub duration_secs: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// AWS credentials in the `credential_process` format (Version 1), plus
+/// what the broker decided.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AwsCredentials {
+    #[serde(rename = "Version")]
+    pub version: u8,
+    #[serde(rename = "AccessKeyId")]
+    pub access_key_id: String,
+    #[serde(rename = "SecretAccessKey")]
+    pub secret_access_key: Sensitive,
+    #[serde(rename = "SessionToken")]
+    pub session_token: Sensitive,
+    /// RFC 3339, UTC.
+    #[serde(rename = "Expiration")]
+    pub expiration: String,
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AwsConsole {
+    /// One-time console sign-in URL (valid 15 minutes).
+    pub url: Sensitive,
+    pub expires_at: String,
 }

@@ -196,7 +196,18 @@ pub async fn run_with(
     };
     let rooms = TaskTracker::new();
     let stop_rooms = shutdown.child_token();
+    let aws = crate::aws::Aws::load(&config.aws, &env).await;
+    let aws_access = crate::aws::credentials::AwsAccess::new(
+        aws,
+        gate.clone(),
+        audit.clone(),
+        metrics.clone(),
+        targets.clone(),
+        config.aws.clone(),
+        config.server.public_url.to_string(),
+    );
     let web_deps = web::Deps {
+        aws: aws_access,
         audit: audit.clone(),
         identity: identity.clone(),
         gate: gate.clone(),

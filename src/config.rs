@@ -184,6 +184,9 @@ section! {
     /// `[aws]`: the broker's own AWS access.
     pub struct AwsConfig {
         region: Option<String> = None,
+        /// Endpoint for every AWS service (VPC endpoints, emulators);
+        /// `AWS_ENDPOINT_URL_<SERVICE>` still wins per service.
+        endpoint_url: Option<Url> = None,
         /// Console federation endpoint (getSigninToken / login).
         federation_url: Url = Url::parse("https://signin.aws.amazon.com/federation").expect("static url"),
         console_url: Url = Url::parse("https://console.aws.amazon.com/").expect("static url"),

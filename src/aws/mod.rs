@@ -3,10 +3,19 @@
 //! Credentials come from the standard chain (environment, profile, ECS task
 //! role, IMDS); endpoints honour `AWS_ENDPOINT_URL` and the per-service
 //! `AWS_ENDPOINT_URL_<SERVICE>` variables, which is how tests point the
-//! broker at a local emulator. One HTTPS client (hyper 1 + rustls with ring)
-//! serves every service.
+//! broker at a local emulator. Both are read from the environment map the
+//! broker was started with (the process environment in production), so a
+//! broker inside a test process gets its own. One HTTPS client (hyper 1 +
+//! rustls with ring) serves every service.
+
+pub mod credentials;
+pub mod federation;
+pub mod sts;
+
+use std::collections::HashMap;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 use crate::config::AwsConfig;
@@ -15,24 +24,61 @@ use crate::config::AwsConfig;
 #[derive(Clone, Debug)]
 pub struct Aws {
     sdk: SdkConfig,
+    /// `AWS_ENDPOINT_URL*` settings, by service id (`""` for all services).
+    endpoints: HashMap<String, String>,
 }
 
 impl Aws {
     /// Loads the standard credential chain and endpoint settings. `region`
     /// from `[aws]` wins over `AWS_REGION`; without either, us-east-1.
-    pub async fn load(config: &AwsConfig) -> Self {
+    pub async fn load(config: &AwsConfig, env: &HashMap<String, String>) -> Self {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
+        let region = config
+            .region
+            .clone()
+            .or_else(|| env.get("AWS_REGION").cloned())
+            .or_else(|| env.get("AWS_DEFAULT_REGION").cloned());
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region));
+        }
+        // Static keys given to this broker explicitly win over the chain.
+        if let (Some(id), Some(secret)) = (
+            env.get("AWS_ACCESS_KEY_ID"),
+            env.get("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            loader = loader.credentials_provider(Credentials::new(
+                id.clone(),
+                secret.clone(),
+                env.get("AWS_SESSION_TOKEN").cloned(),
+                None,
+                "pam-environment",
+            ));
         }
         let mut sdk = loader.load().await;
         if sdk.region().is_none() {
             sdk = sdk.into_builder().region(Region::new("us-east-1")).build();
         }
-        Self { sdk }
+        let mut endpoints = HashMap::new();
+        for (key, value) in env {
+            if value.is_empty() {
+                continue;
+            }
+            if key == "AWS_ENDPOINT_URL" {
+                endpoints.insert(String::new(), value.clone());
+            } else if let Some(service) = key.strip_prefix("AWS_ENDPOINT_URL_") {
+                endpoints.insert(service.to_ascii_lowercase(), value.clone());
+            }
+        }
+        if let Some(url) = &config.endpoint_url {
+            endpoints.insert(
+                String::new(),
+                url.to_string().trim_end_matches('/').to_owned(),
+            );
+        }
+        Self { sdk, endpoints }
     }
 
     pub fn sdk(&self) -> &SdkConfig {
@@ -44,5 +90,22 @@ impl Aws {
             .region()
             .map(|r| r.to_string())
             .unwrap_or_else(|| "us-east-1".to_owned())
+    }
+
+    /// The endpoint override for a service (its `AWS_ENDPOINT_URL_<ID>`,
+    /// else `AWS_ENDPOINT_URL`), if any.
+    pub fn endpoint(&self, service: &str) -> Option<&str> {
+        self.endpoints
+            .get(&service.to_ascii_lowercase())
+            .or_else(|| self.endpoints.get(""))
+            .map(String::as_str)
+    }
+
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        let mut builder = aws_sdk_sts::config::Builder::from(&self.sdk);
+        if let Some(url) = self.endpoint("sts") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_sts::Client::from_conf(builder.build())
     }
 }

@@ -325,6 +325,7 @@ pub async fn logout(env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
         Err(e) => Err(e),
     };
     home.clear_login()?;
+    super::aws::clear_cache(&home);
     match result {
         Ok(()) => {
             eprintln!("Logged out; the session is revoked and the local key removed.");

@@ -4,6 +4,7 @@
 
 mod admin;
 mod audit;
+mod aws;
 mod broker;
 mod home;
 mod login;
@@ -78,6 +79,11 @@ enum Command {
     },
     /// List the targets you may use.
     Ls(policy::LsArgs),
+    /// Short-lived AWS credentials (CLI/SDK credential_process, shell, console).
+    Aws {
+        #[command(subcommand)]
+        command: aws::AwsCommand,
+    },
     /// SSH to a target through the broker with your certificate.
     Ssh(ssh::SshArgs),
     /// Print client configuration (ssh_config blocks, AWS profiles).
@@ -99,6 +105,8 @@ enum Command {
 enum ConfigCommand {
     /// An ssh_config block so plain `ssh TARGET.pam` works.
     Ssh,
+    /// ~/.aws/config profiles that use `pam aws creds` as credential_process.
+    Aws,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +225,10 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
             command: ConfigCommand::Ssh,
         } => ssh::config(&env),
         Command::SshProxy(args) => ssh::proxy(args, &env).await,
+        Command::Aws { command } => aws::run(command, env).await,
+        Command::Config {
+            command: ConfigCommand::Aws,
+        } => aws::config(&env).await,
     }
 }
 

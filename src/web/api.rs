@@ -189,3 +189,80 @@ pub async fn terminate(
         Err(e) => Err(Error::Internal(e.into())),
     }
 }
+
+fn aws_error(e: crate::aws::credentials::AccessError) -> Error {
+    use crate::aws::credentials::AccessError;
+    match e {
+        AccessError::BadRequest(m) => Error::BadRequest(m),
+        AccessError::NotFound(m) => Error::NotFound(m),
+        AccessError::Denied(denied) => Error::Forbidden(denied.to_string()),
+        AccessError::Upstream { message, .. } => Error::BadGateway(message),
+        AccessError::Unavailable(m) => Error::Unavailable(m),
+    }
+}
+
+/// `POST /api/v1/aws/credentials`: STS credentials for an `aws` target.
+pub async fn aws_credentials(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    Json(request): Json<crate::api::AwsRequest>,
+) -> Result<Json<crate::api::AwsCredentials>, Error> {
+    use secrecy::ExposeSecret;
+    let issued = deps
+        .aws
+        .credentials(&crate::aws::credentials::Request {
+            principal: &principal,
+            source_ip: client.ip,
+            role: &request.role,
+            duration_secs: request.duration_secs,
+            reason: request.reason.clone(),
+        })
+        .await
+        .map_err(aws_error)?;
+    let c = &issued.credentials;
+    Ok(Json(crate::api::AwsCredentials {
+        version: 1,
+        access_key_id: c.access_key_id.clone(),
+        secret_access_key: crate::api::Sensitive::new(c.secret_access_key.expose_secret()),
+        session_token: crate::api::Sensitive::new(c.session_token.expose_secret()),
+        expiration: rfc3339(c.expiration),
+    }))
+}
+
+/// `POST /api/v1/aws/console`: a console sign-in URL for an `aws` target.
+pub async fn aws_console(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    Json(request): Json<crate::api::AwsRequest>,
+) -> Result<Json<crate::api::AwsConsole>, Error> {
+    use secrecy::ExposeSecret;
+    let (url, issued) = deps
+        .aws
+        .console(&crate::aws::credentials::Request {
+            principal: &principal,
+            source_ip: client.ip,
+            role: &request.role,
+            duration_secs: request.duration_secs,
+            reason: request.reason.clone(),
+        })
+        .await
+        .map_err(aws_error)?;
+    Ok(Json(crate::api::AwsConsole {
+        url: crate::api::Sensitive::new(url.expose_secret()),
+        expires_at: rfc3339(issued.credentials.expiration),
+    }))
+}
+
+/// `2026-11-26T12:00:00Z` for Unix seconds (the form the AWS CLI expects).
+fn rfc3339(secs: i64) -> String {
+    let t = crate::domain::audit::from_us(secs.saturating_mul(1_000_000));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}

@@ -21,6 +21,8 @@ pub enum Error {
     TooManyRequests(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -35,6 +37,7 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

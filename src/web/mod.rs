@@ -30,6 +30,7 @@ pub struct Deps {
     pub audit: Audit,
     pub identity: Identity,
     pub gate: Gate,
+    pub aws: crate::aws::credentials::AwsAccess,
     pub sessions: Sessions,
     pub targets: Arc<Vec<TargetConfig>>,
     pub metrics: Arc<Metrics>,
@@ -76,6 +77,8 @@ pub fn router(deps: Deps) -> Router {
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/cert", post(auth::certify))
         .route("/api/v1/targets", get(api::targets))
+        .route("/api/v1/aws/credentials", post(api::aws_credentials))
+        .route("/api/v1/aws/console", post(api::aws_console))
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/sessions/{id}", get(api::session))
         .route("/api/v1/sessions/{id}/terminate", post(api::terminate))

@@ -4,6 +4,7 @@
 mod support;
 
 mod audit_trail;
+mod aws;
 mod identity;
 mod policy;
 mod serve;

@@ -1,0 +1,165 @@
+//! AWS peers: moto (started by scripts/test), a recording proxy in front of
+//! it (moto accepts but ignores SourceIdentity, tags and durations, so the
+//! tests check the request the broker sends), and a stand-in for the console
+//! federation endpoint (no emulator has one).
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::IntoResponse;
+
+use super::peers::required_env;
+
+pub fn moto_url() -> String {
+    required_env("PAM_TEST_MOTO_URL")
+}
+
+/// One request that went through the proxy.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+impl Captured {
+    /// The form fields of a Query-protocol body (`Action=AssumeRole&...`).
+    pub fn form(&self) -> std::collections::HashMap<String, String> {
+        url::form_urlencoded::parse(self.body.as_bytes())
+            .into_owned()
+            .collect()
+    }
+}
+
+/// A proxy that records every request and forwards it to `upstream`.
+pub struct RecordingProxy {
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<Captured>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    requests: Arc<Mutex<Vec<Captured>>>,
+    http: reqwest::Client,
+}
+
+impl RecordingProxy {
+    pub async fn start(upstream: &str) -> RecordingProxy {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let state = ProxyState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            requests: requests.clone(),
+            http: reqwest::Client::new(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        RecordingProxy {
+            url,
+            requests,
+            _task: task,
+        }
+    }
+
+    /// Captured requests whose form has `Action=action`.
+    pub fn actions(&self, action: &str) -> Vec<Captured> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.form().get("Action").map(String::as_str) == Some(action))
+            .cloned()
+            .collect()
+    }
+}
+
+async fn forward(
+    State(state): State<ProxyState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    state.requests.lock().unwrap().push(Captured {
+        method: method.to_string(),
+        path: uri.to_string(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
+    let mut request = state
+        .http
+        .request(method, format!("{}{}", state.upstream, uri))
+        .body(body.to_vec());
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let content_type = response.headers().get("content-type").cloned();
+    let bytes = response.bytes().await.unwrap();
+    let mut out = (status, bytes).into_response();
+    if let Some(ct) = content_type {
+        out.headers_mut().insert("content-type", ct);
+    }
+    out
+}
+
+/// A stand-in for https://signin.aws.amazon.com/federation: answers
+/// `getSigninToken` when the session JSON is complete.
+pub struct Federation {
+    pub url: String,
+    pub calls: Arc<Mutex<Vec<std::collections::HashMap<String, String>>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Federation {
+    pub async fn start() -> Federation {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let recorded = calls.clone();
+        let app = axum::Router::new().route(
+            "/federation",
+            axum::routing::get(move |uri: Uri| {
+                let recorded = recorded.clone();
+                async move {
+                    let query: std::collections::HashMap<String, String> =
+                        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                            .into_owned()
+                            .collect();
+                    recorded.lock().unwrap().push(query.clone());
+                    let session: serde_json::Value = serde_json::from_str(
+                        query.get("Session").map(String::as_str).unwrap_or("{}"),
+                    )
+                    .unwrap_or_default();
+                    let complete = ["sessionId", "sessionKey", "sessionToken"]
+                        .iter()
+                        .all(|k| session[k].as_str().is_some_and(|v| !v.is_empty()));
+                    if query.get("Action").map(String::as_str) == Some("getSigninToken") && complete
+                    {
+                        axum::Json(serde_json::json!({"SigninToken": "stand-in-signin-token"}))
+                            .into_response()
+                    } else {
+                        (axum::http::StatusCode::BAD_REQUEST, "bad request").into_response()
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/federation", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Federation {
+            url,
+            calls,
+            _task: task,
+        }
+    }
+}
