@@ -246,6 +246,7 @@ pub async fn run_with(
         user_ca: keys.ssh_user_ca.clone(),
         target_ca: keys.ssh_target_ca.clone(),
         recordings_dir: config.recordings_dir(),
+        record: config.session.record,
         record_input: config.session.record_input,
         target_cert_ttl: config.session.target_cert_ttl.0,
         max_connections: config.server.max_connections,

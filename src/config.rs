@@ -143,6 +143,9 @@ section! {
         token_ttl: HumanDuration = HumanDuration::secs(8 * 3600),
         idle_timeout: HumanDuration = HumanDuration::secs(15 * 60),
         max_duration: HumanDuration = HumanDuration::secs(8 * 3600),
+        /// Record terminal output of shells and commands (asciicast v2). Turning
+        /// it off loses the evidence PCI DSS 10 asks for: benchmarks only.
+        record: bool = true,
         /// Record keystrokes of interactive shells (commands of exec channels are always recorded).
         record_input: bool = false,
         /// Validity of the certificates the broker signs for targets.

@@ -92,12 +92,35 @@ pub async fn verify(
     let mut expected_seq = 1i64;
     let mut expected_prev: Vec<u8> = chain::GENESIS.to_vec();
     let mut checked = 0i64;
+    // The next page is read while this one is hashed.
+    let mut next = Some(tokio::spawn({
+        let db = db.clone();
+        async move { store::audit::range(&db, 1, PAGE).await }
+    }));
     loop {
-        let page = store::audit::range(db, expected_seq, PAGE).await?;
+        let page = match next.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| store::Error::Invalid(format!("reader task: {e}")))??,
+            None => break,
+        };
         if page.is_empty() {
             break;
         }
-        let hashes = hash_page(&page);
+        if page.len() == PAGE as usize {
+            let from = page[page.len() - 1].seq + 1;
+            let db = db.clone();
+            next = Some(tokio::spawn(async move {
+                store::audit::range(&db, from, PAGE).await
+            }));
+        }
+        // Hashing is CPU work: off the async runtime.
+        let (page, hashes) = tokio::task::spawn_blocking(move || {
+            let hashes = hash_page(&page);
+            (page, hashes)
+        })
+        .await
+        .map_err(|e| store::Error::Invalid(format!("hashing task: {e}")))?;
         // Hashes of this page, built on the first broken link only.
         let mut index: Option<HashMap<&[u8], usize>> = None;
         let mut last_problem: Option<usize> = None;
@@ -180,9 +203,6 @@ pub async fn verify(
             checked += 1;
         }
         progress(checked);
-        if page.len() < PAGE as usize {
-            break;
-        }
     }
 
     let last_seq = expected_seq - 1;

@@ -193,7 +193,7 @@ pub(crate) async fn run(
     // 3. The session: recorded before anything reaches the target.
     let session_id = uuid::Uuid::now_v7().to_string();
     let started = crate::domain::audit::now_us();
-    let recorded = !matches!(kind, Kind::Subsystem(_));
+    let recorded = shared.deps.record && !matches!(kind, Kind::Subsystem(_));
     let recording_path = recorded.then(|| recording::relative_path(&session_id, started));
     let command = match &kind {
         Kind::Exec(command) => Some(command.clone()),

@@ -45,6 +45,8 @@ pub struct Deps {
     pub user_ca: PrivateKey,
     pub target_ca: PrivateKey,
     pub recordings_dir: PathBuf,
+    /// Record terminal output (asciicast).
+    pub record: bool,
     /// Record keystrokes of interactive shells.
     pub record_input: bool,
     pub target_cert_ttl: Duration,

@@ -23,8 +23,10 @@ pub struct Prepared {
 const COLUMNS: &str =
     "seq, id, ts, kind, actor, source_ip, target, session_id, outcome, details, prev_hash, hash";
 
-/// Rows per INSERT statement (SQLite allows 32,766 bound values).
-const ROWS_PER_INSERT: usize = 500;
+/// Rows per INSERT statement, largest first. A batch is cut into these
+/// sizes so that only a handful of statements exist and each is prepared
+/// once per connection (SQLite allows 32,766 bound values per statement).
+const INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
 /// Locks the head, lets `prepare` chain the new events onto it, writes them
 /// and moves the head, all in one transaction. Writers in other processes
@@ -48,7 +50,7 @@ where
             return Err(super::Error::Invalid("nothing to append".into()));
         };
         let new_head = Head { seq: last.seq, hash: last.hash.clone() };
-        for chunk in prepared.events.chunks(ROWS_PER_INSERT) {
+        for chunk in insert_chunks(&prepared.events) {
             let text = insert_sql(chunk.len());
             let mut query = sqlx::query(sql(text));
             for e in chunk {
@@ -310,28 +312,47 @@ async fn seq_bound(db: &Db, query: &'static str, ts: i64) -> Result<Option<i64>>
     })
 }
 
+/// Decodes a row of [`COLUMNS`] by position (cheaper than by name, which
+/// matters when verification reads millions of rows).
 fn decode<R: Row>(row: &R) -> std::result::Result<EventRecord, sqlx::Error>
 where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    usize: sqlx::ColumnIndex<R>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(EventRecord {
-        seq: row.try_get("seq")?,
-        id: row.try_get("id")?,
-        time_us: row.try_get("ts")?,
-        kind: row.try_get("kind")?,
-        actor: row.try_get("actor")?,
-        source_ip: row.try_get("source_ip")?,
-        target: row.try_get("target")?,
-        session_id: row.try_get("session_id")?,
-        outcome: row.try_get("outcome")?,
-        details: row.try_get("details")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        time_us: row.try_get(2)?,
+        kind: row.try_get(3)?,
+        actor: row.try_get(4)?,
+        source_ip: row.try_get(5)?,
+        target: row.try_get(6)?,
+        session_id: row.try_get(7)?,
+        outcome: row.try_get(8)?,
+        details: row.try_get(9)?,
+        prev_hash: row.try_get(10)?,
+        hash: row.try_get(11)?,
     })
+}
+
+/// Cuts `events` into runs of the sizes in [`INSERT_SIZES`].
+fn insert_chunks(events: &[EventRecord]) -> Vec<&[EventRecord]> {
+    let mut out = Vec::new();
+    let mut rest = events;
+    while !rest.is_empty() {
+        let size = INSERT_SIZES
+            .iter()
+            .copied()
+            .find(|size| *size <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(size);
+        out.push(chunk);
+        rest = tail;
+    }
+    out
 }
 
 fn insert_sql(rows: usize) -> String {
