@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Db, Result, with_db};
+use super::{Db, Result, relaxed_tx, with_db};
 use crate::domain::principal::{LoginMethod, UserIdentity};
 
 /// A broker session as stored.
@@ -66,7 +66,7 @@ pub async fn insert_session(
 ) -> Result<()> {
     let groups = serde_json::to_string(&identity.groups).unwrap_or_else(|_| "[]".into());
     let amr = serde_json::to_string(&identity.amr).unwrap_or_else(|_| "[]".into());
-    with_db!(db, pool => {
+    relaxed_tx!(db, tx => {
         sqlx::query(
             "INSERT INTO broker_sessions (jti, user_email, subject, groups_json, amr_json, mfa, method, source_ip, user_agent, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -82,7 +82,7 @@ pub async fn insert_session(
         .bind(user_agent)
         .bind(created_at)
         .bind(expires_at)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
         Ok(())
     })

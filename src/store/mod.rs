@@ -25,7 +25,18 @@ mod embedded {
 
 /// A handle on the broker's database. Cheap to clone.
 #[derive(Clone, Debug)]
-pub enum Db {
+pub struct Db {
+    pool: Pool,
+    /// SQLite only: connections that commit without waiting for fsync. Rows
+    /// written through them become durable with the next fsynced commit (an
+    /// audit append), which is how a login or a session start costs one
+    /// fsync, not two.
+    relaxed: Option<SqlitePool>,
+}
+
+/// The pool behind a [`Db`].
+#[derive(Clone, Debug)]
+pub enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -46,13 +57,35 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// compiled once per backend, so each arm is monomorphic.
 macro_rules! with_db {
     ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::store::Db::Sqlite($pool) => $body,
-            $crate::store::Db::Postgres($pool) => $body,
+        match $db.pool() {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use with_db;
+
+/// Runs `$body` (with `$tx` a transaction) on the relaxed side of `$db`: the
+/// commit does not wait for the disk (SQLite: the NORMAL-sync pool;
+/// PostgreSQL: `synchronous_commit = off` for this transaction). The rows
+/// become durable with the next fsynced commit, which callers make right
+/// after (an audit append) before anyone is told anything.
+macro_rules! relaxed_tx {
+    ($db:expr, $tx:ident => $body:expr) => {{
+        let relaxed = $db.relaxed();
+        let postgres = relaxed.backend() == "postgres";
+        $crate::store::with_db!(&relaxed, pool => {
+            let mut $tx = pool.begin().await?;
+            if postgres {
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *$tx).await?;
+            }
+            let out = $body;
+            $tx.commit().await?;
+            out
+        })
+    }};
+}
+pub(crate) use relaxed_tx;
 
 impl Db {
     /// Connects to `url` (`sqlite://PATH` or `postgres://...`), failing within
@@ -74,7 +107,10 @@ impl Db {
             let pool = tokio::time::timeout(timeout, pool)
                 .await
                 .map_err(|_| Error::Invalid(format!("no answer within {timeout:?}")))??;
-            Ok(Db::Postgres(pool))
+            Ok(Db {
+                pool: Pool::Postgres(pool),
+                relaxed: None,
+            })
         } else if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
             let options = SqliteConnectOptions::new()
@@ -89,9 +125,18 @@ impl Db {
                 .max_connections(8)
                 .min_connections(1)
                 .acquire_timeout(timeout)
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await?;
-            Ok(Db::Sqlite(pool))
+            let relaxed = SqlitePoolOptions::new()
+                .max_connections(4)
+                .min_connections(0)
+                .acquire_timeout(timeout)
+                .connect_with(options.synchronous(SqliteSynchronous::Normal))
+                .await?;
+            Ok(Db {
+                pool: Pool::Sqlite(pool),
+                relaxed: Some(relaxed),
+            })
         } else {
             Err(Error::Invalid(
                 "database_url must start with sqlite: or postgres://".into(),
@@ -100,18 +145,34 @@ impl Db {
     }
 
     pub fn backend(&self) -> &'static str {
-        match self {
-            Db::Sqlite(_) => "sqlite",
-            Db::Postgres(_) => "postgres",
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The same database, for writes whose durability may wait for the next
+    /// fsynced commit (on PostgreSQL: the same pool; see `commit_relaxed`).
+    pub fn relaxed(&self) -> Db {
+        match &self.relaxed {
+            Some(pool) => Db {
+                pool: Pool::Sqlite(pool.clone()),
+                relaxed: None,
+            },
+            None => self.clone(),
         }
     }
 
     /// Applies the embedded migrations. Concurrent brokers on one PostgreSQL
     /// database serialize on sqlx's advisory lock.
     pub async fn migrate(&self) -> Result<usize> {
-        let list = match self {
-            Db::Sqlite(_) => embedded::SQLITE,
-            Db::Postgres(_) => embedded::POSTGRES,
+        let list = match self.pool {
+            Pool::Sqlite(_) => embedded::SQLITE,
+            Pool::Postgres(_) => embedded::POSTGRES,
         };
         let migrations = list
             .iter()
@@ -149,7 +210,10 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        with_db!(self, pool => pool.close().await)
+        with_db!(self, pool => pool.close().await);
+        if let Some(relaxed) = &self.relaxed {
+            relaxed.close().await;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Db, Result, sql, with_db};
+use super::{Db, Result, relaxed_tx, sql, with_db};
 use crate::domain::session::{SessionFilter, SessionRecord};
 
 /// What ending a session writes.
@@ -22,7 +22,7 @@ const COLUMNS: &str = "id, kind, user_email, broker_session, target, login, node
     terminate_requested_at, terminate_by, terminate_reason";
 
 pub async fn insert(db: &Db, s: &SessionRecord) -> Result<()> {
-    with_db!(db, pool => {
+    relaxed_tx!(db, tx => {
         sqlx::query(
             "INSERT INTO sessions (id, kind, user_email, broker_session, target, login, node, source_ip, client, started_at, status, recording, details) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'live', $11, $12)",
@@ -39,14 +39,14 @@ pub async fn insert(db: &Db, s: &SessionRecord) -> Result<()> {
         .bind(s.started_at)
         .bind(&s.recording)
         .bind(&s.details)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
         Ok(())
     })
 }
 
 pub async fn finish(db: &Db, id: &str, end: &SessionEnd) -> Result<()> {
-    with_db!(db, pool => {
+    relaxed_tx!(db, tx => {
         sqlx::query(
             "UPDATE sessions SET status = 'ended', ended_at = $1, end_reason = $2, bytes_in = $3, bytes_out = $4, \
              recording_sha256 = $5, exit_status = $6 WHERE id = $7",
@@ -58,7 +58,7 @@ pub async fn finish(db: &Db, id: &str, end: &SessionEnd) -> Result<()> {
         .bind(&end.recording_sha256)
         .bind(end.exit_status)
         .bind(id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
         Ok(())
     })

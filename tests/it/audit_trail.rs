@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use pam::store::Db;
+use pam::store::{Db, Pool};
 
 use crate::support::{Options, TestApp, TestDatabase};
 
@@ -98,11 +98,11 @@ impl Trail {
 
 async fn exec(db: &Db, statement: &str) {
     let q = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()));
-    match db {
-        Db::Sqlite(pool) => {
+    match db.pool() {
+        Pool::Sqlite(pool) => {
             q.execute(pool).await.unwrap();
         }
-        Db::Postgres(pool) => {
+        Pool::Postgres(pool) => {
             sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
                 .execute(pool)
                 .await
@@ -120,12 +120,12 @@ where
         + Send
         + Unpin,
 {
-    match db {
-        Db::Sqlite(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(statement.to_owned()))
+    match db.pool() {
+        Pool::Sqlite(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(statement.to_owned()))
             .fetch_one(pool)
             .await
             .unwrap(),
-        Db::Postgres(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(statement.to_owned()))
+        Pool::Postgres(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(statement.to_owned()))
             .fetch_one(pool)
             .await
             .unwrap(),
@@ -429,8 +429,8 @@ async fn concurrent_writers_keep_one_chain() {
 }
 
 fn bytes_literal(db: &Db, bytes: &[u8]) -> String {
-    match db {
-        Db::Sqlite(_) => format!("X'{}'", hex::encode(bytes)),
-        Db::Postgres(_) => format!("'\\x{}'::bytea", hex::encode(bytes)),
+    match db.pool() {
+        Pool::Sqlite(_) => format!("X'{}'", hex::encode(bytes)),
+        Pool::Postgres(_) => format!("'\\x{}'::bytea", hex::encode(bytes)),
     }
 }

@@ -340,7 +340,7 @@ async fn an_interactive_pty_session_is_relayed_and_recorded() {
     assert!(started.status.success(), "{}", text(&started.stderr));
     let pane = || text(&tmux_cmd(&["capture-pane", "-p", "-t", "pam"]).stdout);
     assert!(
-        eventually(Duration::from_secs(15), || async { pane().contains('$') }).await,
+        eventually(Duration::from_secs(30), || async { pane().contains('$') }).await,
         "prompt: {}",
         pane()
     );
