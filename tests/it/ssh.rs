@@ -352,7 +352,7 @@ async fn an_interactive_pty_session_is_relayed_and_recorded() {
         "Enter",
     ]);
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(30), || async {
             pane().contains("typed-42")
         })
         .await,
@@ -368,7 +368,7 @@ async fn an_interactive_pty_session_is_relayed_and_recorded() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     tmux_cmd(&["send-keys", "-t", "pam", "stty size", "Enter"]);
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(30), || async {
             pane().contains("40 120")
         })
         .await,
@@ -377,7 +377,7 @@ async fn an_interactive_pty_session_is_relayed_and_recorded() {
     );
     tmux_cmd(&["send-keys", "-t", "pam", "exit", "Enter"]);
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(30), || async {
             !w.app.events("session.end").await.is_empty()
         })
         .await
