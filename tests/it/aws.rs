@@ -41,6 +41,7 @@ async fn app_with(sts: &str, federation: Option<&str>) -> TestApp {
         idp: true,
         toml: ROLES.into(),
         env,
+        ..Options::default()
     })
     .await
 }

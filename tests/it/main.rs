@@ -5,8 +5,9 @@ mod support;
 
 mod audit_trail;
 mod aws;
+mod fleet;
 mod identity;
 mod policy;
 mod serve;
-mod ssh;
+pub(crate) mod ssh;
 mod tidy;

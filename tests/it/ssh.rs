@@ -20,7 +20,7 @@ struct World {
     files: tempfile::TempDir,
 }
 
-fn targets(sshd: &Sshd) -> String {
+pub(crate) fn targets(sshd: &Sshd) -> String {
     format!(
         r#"
 [[target]]
@@ -61,6 +61,7 @@ async fn world_with(user: &str, extra: &str, env: &[(&str, &str)]) -> World {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ..Options::default()
     })
     .await;
     let ca = app
@@ -88,7 +89,7 @@ async fn world(user: &str) -> World {
     world_with(user, "", &[]).await
 }
 
-fn write_identity(dir: &std::path::Path, login: &Login) {
+pub(crate) fn write_identity(dir: &std::path::Path, login: &Login) {
     use std::os::unix::fs::PermissionsExt;
     let key = login
         .key

@@ -57,6 +57,8 @@ pub struct Options {
     pub env: HashMap<String, String>,
     /// Start a real OIDC provider for this broker and configure `[oidc]`.
     pub idp: bool,
+    /// Share another broker's key material (a fleet).
+    pub keys_dir: Option<PathBuf>,
 }
 
 impl TestApp {
@@ -113,6 +115,8 @@ postgres_listen = "{pg}"
 data_dir = "{data}"
 database_url = "{db}"
 shutdown_grace = "5s"
+node_name = "test-broker-{node}"
+{keys_dir}
 
 [policy]
 dir = "{policies}"
@@ -125,6 +129,12 @@ dir = "{policies}"
             db = database.url,
             policies = policies.display(),
             extra = options.toml,
+            node = http_addr.port(),
+            keys_dir = options
+                .keys_dir
+                .as_ref()
+                .map(|d| format!("keys_dir = \"{}\"", d.display()))
+                .unwrap_or_default(),
         );
         let config_path = dir.path().join("pam.toml");
         std::fs::write(&config_path, &text).unwrap();
