@@ -86,6 +86,18 @@ impl Audit {
         wait.await.map_err(|_| AuditError::ShuttingDown)?
     }
 
+    /// Queues `event` and returns at once; [`Pending::confirm`] waits until it
+    /// is durable. Events are appended in the order they are queued, so a
+    /// later event that was confirmed implies this one is durable too.
+    pub async fn enqueue(&self, event: AuditEvent) -> Pending {
+        let (done, wait) = oneshot::channel();
+        let sent = self.tx.send(Message::Record(event, done)).await.is_ok();
+        Pending {
+            wait: sent.then_some(wait),
+            fail_closed: self.fail_closed,
+        }
+    }
+
     /// Records several events together (usually one transaction) and waits
     /// until all are durable.
     pub async fn record_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
@@ -163,6 +175,33 @@ impl Audit {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Message::Close(done)).await.is_ok() {
             let _ = wait.await;
+        }
+    }
+}
+
+/// An audit record on its way to the store.
+pub struct Pending {
+    wait: Option<oneshot::Receiver<Result<i64, AuditError>>>,
+    fail_closed: bool,
+}
+
+impl Pending {
+    /// Waits until the record is durable. Like [`Audit::gate`]: with a
+    /// fail-open trail a lost record is logged, not returned.
+    pub async fn confirm(self) -> Result<(), AuditError> {
+        let result = match self.wait {
+            Some(wait) => wait
+                .await
+                .map_err(|_| AuditError::ShuttingDown)
+                .and_then(|r| r.map(|_| ())),
+            None => Err(AuditError::ShuttingDown),
+        };
+        match result {
+            Err(e) if !self.fail_closed => {
+                tracing::error!(error = %e, "audit record lost (audit.fail_closed = false)");
+                Ok(())
+            }
+            other => other,
         }
     }
 }

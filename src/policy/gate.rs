@@ -73,6 +73,22 @@ impl Gate {
         self.engine.decide(who, action, resource, context)
     }
 
+    /// Decides and queues the record without waiting for it: the caller must
+    /// `confirm` it before acting on a permit (it may do other work, such
+    /// as connecting to the target, meanwhile).
+    pub async fn check_deferred(
+        &self,
+        who: &UserIdentity,
+        session_id: Option<&str>,
+        action: Action,
+        resource: &Resource,
+        context: &RequestContext,
+    ) -> (Result<Permit, Denied>, crate::audit::Pending) {
+        let (decision, event) = self.decide(who, session_id, action, resource, context, false);
+        let pending = self.audit.enqueue(event).await;
+        (decision, pending)
+    }
+
     async fn check_inner(
         &self,
         who: &UserIdentity,
@@ -82,6 +98,27 @@ impl Gate {
         context: &RequestContext,
         recheck: bool,
     ) -> Result<Permit, Denied> {
+        let (decision, event) = self.decide(who, session_id, action, resource, context, recheck);
+        if let Err(e) = self.audit.gate(event).await {
+            return Err(Denied {
+                policies: Vec::new(),
+                message: format!("refused: {e}"),
+                hint: None,
+            });
+        }
+        decision
+    }
+
+    /// The decision and its `policy.decision` event.
+    fn decide(
+        &self,
+        who: &UserIdentity,
+        session_id: Option<&str>,
+        action: Action,
+        resource: &Resource,
+        context: &RequestContext,
+        recheck: bool,
+    ) -> (Result<Permit, Denied>, AuditEvent) {
         let decision = self.engine.decide(who, action, resource, context);
         let policy_hash = self.engine.active().hash.clone();
         let (outcome, details) = match &decision {
@@ -132,14 +169,7 @@ impl Gate {
         if let Some(session_id) = session_id {
             event = event.session(session_id);
         }
-        if let Err(e) = self.audit.gate(event).await {
-            return Err(Denied {
-                policies: Vec::new(),
-                message: format!("refused: {e}"),
-                hint: None,
-            });
-        }
-        decision
+        (decision, event)
     }
 
     /// Reloads the policies; audits the change (or the refused change).

@@ -149,7 +149,9 @@ pub(crate) async fn run(
         }
     };
 
-    // 1. Policy decides before the broker touches the target.
+    // 1. Policy decides before the broker touches the target. Its record is
+    // queued; connecting to the target and opening the session overlap with
+    // writing it, and nothing reaches the target before both are durable.
     let resource = Resource::Target(authed.target.to_ref());
     let context = RequestContext {
         source_ip: Some(authed.peer.ip()),
@@ -158,39 +160,25 @@ pub(crate) async fn run(
         ..RequestContext::default()
     };
     let principal = &authed.principal;
-    if let Err(denied) = shared
+    let (decision, decision_recorded) = shared
         .deps
         .gate
-        .check(
+        .check_deferred(
             &principal.identity,
             Some(&principal.session_id),
             Action::Ssh,
             &resource,
             &context,
         )
-        .await
-    {
+        .await;
+    if let Err(denied) = decision {
+        let _ = decision_recorded.confirm().await;
         fail(format!("access to {} denied: {denied}", authed.target.name)).await;
         return;
     }
 
-    // 2. The target (one connection per client connection, shared by its channels).
-    let connected = upstream
-        .get_or_init(|| async {
-            super::handler::connect_upstream(&shared, &authed)
-                .await
-                .map(Arc::new)
-        })
-        .await;
-    let upstream = match connected {
-        Ok(upstream) => upstream.clone(),
-        Err(e) => {
-            fail(e.to_string()).await;
-            return;
-        }
-    };
-
-    // 3. The session: recorded before anything reaches the target.
+    // 2. The target (one connection per client connection, shared by its
+    // channels) and the session record, at the same time.
     let session_id = uuid::Uuid::now_v7().to_string();
     let started = crate::domain::audit::now_us();
     let recorded = shared.deps.record && !matches!(kind, Kind::Subsystem(_));
@@ -220,22 +208,42 @@ pub(crate) async fn run(
             "command": command,
             "term": pty.as_ref().map(|p| p.term.clone()),
             "pty": pty.as_ref().map(|p| format!("{}x{}", p.cols, p.rows)),
-            "target_host_key": upstream.host_key,
             "login": authed.login,
         }),
     };
-    let mut live = match shared
-        .deps
-        .sessions
-        .open_with_id(session_id.clone(), new)
-        .await
-    {
+    let (connected, opened) = tokio::join!(
+        upstream.get_or_init(|| async {
+            super::handler::connect_upstream(&shared, &authed)
+                .await
+                .map(Arc::new)
+        }),
+        shared.deps.sessions.open_with_id(session_id.clone(), new),
+    );
+    let mut live = match opened {
         Ok(live) => live,
         Err(e) => {
             fail(format!("refused: {e}")).await;
             return;
         }
     };
+    if let Err(e) = decision_recorded.confirm().await {
+        live.end(EndReason::Error(format!(
+            "the policy decision could not be recorded: {e}"
+        )));
+        live.finish(Finish::default()).await;
+        fail(format!("refused: {e}")).await;
+        return;
+    }
+    let upstream = match connected {
+        Ok(upstream) => upstream.clone(),
+        Err(e) => {
+            live.end(EndReason::Error(e.to_string()));
+            live.finish(Finish::default()).await;
+            fail(e.to_string()).await;
+            return;
+        }
+    };
+
     let recorder = match &recording_path {
         Some(path) => {
             let header = recording::Header {
@@ -337,7 +345,7 @@ pub(crate) async fn run(
     live.finish(Finish {
         exit_status: exit_status.map(i64::from),
         recording_sha256: recording,
-        details: json!({"channel": kind.name()}),
+        details: json!({"channel": kind.name(), "target_host_key": upstream.host_key}),
     })
     .await;
 }

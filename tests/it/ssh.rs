@@ -639,7 +639,22 @@ async fn a_host_key_mismatch_is_refused_and_audited() {
             .unwrap()
             .starts_with("SHA256:")
     );
-    assert!(w.app.events("session.start").await.is_empty());
+    // The attempt is a session that ended in error before any data flowed.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !w.app.events("session.end").await.is_empty()
+        })
+        .await
+    );
+    let end = &w.app.event_details("session.end").await[0];
+    assert_eq!(end["end_reason"], "error");
+    assert!(
+        end["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the pinned key")
+    );
+    assert_eq!(end["bytes_in"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
