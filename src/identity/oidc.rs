@@ -86,8 +86,8 @@ pub struct Pkce {
     pub challenge: String,
 }
 
-/// The start of a device authorization grant.
-#[derive(Debug, Clone, Deserialize)]
+/// The start of a device authorization grant. `Debug` hides the device code.
+#[derive(Clone, Deserialize)]
 pub struct DeviceAuthorization {
     pub device_code: String,
     pub user_code: String,
@@ -95,6 +95,16 @@ pub struct DeviceAuthorization {
     pub verification_uri_complete: Option<String>,
     pub expires_in: u64,
     pub interval: Option<u64>,
+}
+
+impl std::fmt::Debug for DeviceAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAuthorization")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One poll of a device grant.

@@ -17,8 +17,8 @@ pub struct SessionRow {
     pub revoked_at: Option<i64>,
 }
 
-/// A login in flight.
-#[derive(Debug, Clone, Default)]
+/// A login in flight. Its `Debug` hides the PKCE verifier and device code.
+#[derive(Clone, Default)]
 pub struct LoginRequest {
     pub id: String,
     pub kind: String,
@@ -45,7 +45,7 @@ pub struct LoginCode {
     pub user_agent: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BreakglassAccount {
     pub username: String,
     pub password_hash: String,
@@ -53,6 +53,29 @@ pub struct BreakglassAccount {
     pub groups: Vec<String>,
     pub disabled_at: Option<i64>,
     pub last_totp_step: i64,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("id", &"<redacted>")
+            .field("kind", &self.kind)
+            .field("cli_redirect", &self.cli_redirect)
+            .field("source_ip", &self.source_ip)
+            .field("expires_at", &self.expires_at)
+            .field("used_at", &self.used_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for BreakglassAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakglassAccount")
+            .field("username", &self.username)
+            .field("groups", &self.groups)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
 }
 
 pub async fn insert_session(
