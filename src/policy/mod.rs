@@ -63,6 +63,10 @@ pub struct PolicyError(pub String);
 /// A parsed and validated policy set.
 pub struct Loaded {
     policies: PolicySet,
+    /// Per (action, principal): only the policies whose scope can match
+    /// them. Cedar evaluates every policy of the set it is given; a user
+    /// typically matches a handful of a hundred.
+    slices: std::sync::Mutex<HashMap<SliceKey, Arc<PolicySet>>>,
     /// SHA-256 over the files' names and contents.
     pub hash: String,
     /// Policy id → `@description`, for explanations.
@@ -159,9 +163,10 @@ impl Engine {
             Ok(request) => request,
             Err(e) => return Err((Vec::new(), vec![e])),
         };
+        let slice = loaded.slice(who, action);
         let response = self
             .authorizer
-            .is_authorized(&request.0, &loaded.policies, &request.1);
+            .is_authorized(&request.0, &slice, &request.1);
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
@@ -256,7 +261,65 @@ impl Engine {
     }
 }
 
+/// Which policies a request can match: its action and principal.
+type SliceKey = (Action, String, Vec<String>);
+
+/// Cached slices kept at most (the cache is cleared when it grows past this).
+const MAX_SLICES: usize = 10_000;
+
 impl Loaded {
+    /// The policies whose action and principal scope can match `who`
+    /// doing `action` (cached). Conservative: conditions are left to Cedar.
+    fn slice(&self, who: &UserIdentity, action: Action) -> Arc<PolicySet> {
+        let mut groups = who.groups.clone();
+        groups.sort();
+        let key = (action, who.email.clone(), groups);
+        if let Ok(slices) = self.slices.lock()
+            && let Some(slice) = slices.get(&key)
+        {
+            return slice.clone();
+        }
+        let action_uid = uid("Action", action.as_str()).ok();
+        let user_uid = uid("User", &who.email).ok();
+        let group_uids: Vec<EntityUid> = who
+            .groups
+            .iter()
+            .filter_map(|g| uid("Group", g).ok())
+            .collect();
+        let principal_matches = |candidate: &EntityUid| {
+            user_uid.as_ref() == Some(candidate) || group_uids.contains(candidate)
+        };
+        let mut slice = PolicySet::new();
+        for policy in self.policies.policies() {
+            let action_ok = match policy.action_constraint() {
+                cedar_policy::ActionConstraint::Any => true,
+                cedar_policy::ActionConstraint::Eq(a) => Some(&a) == action_uid.as_ref(),
+                cedar_policy::ActionConstraint::In(list) => {
+                    action_uid.as_ref().is_some_and(|a| list.contains(a))
+                }
+            };
+            let principal_ok = match policy.principal_constraint() {
+                cedar_policy::PrincipalConstraint::Any
+                | cedar_policy::PrincipalConstraint::Is(_) => true,
+                cedar_policy::PrincipalConstraint::Eq(p) => user_uid.as_ref() == Some(&p),
+                cedar_policy::PrincipalConstraint::In(p)
+                | cedar_policy::PrincipalConstraint::IsIn(_, p) => principal_matches(&p),
+            };
+            if action_ok && principal_ok {
+                // Ids are unique in the full set, so adding cannot fail.
+                let _ = slice.add(policy.clone());
+            }
+        }
+        let slice = Arc::new(slice);
+        if let Ok(mut slices) = self.slices.lock() {
+            if slices.len() >= MAX_SLICES {
+                slices.clear();
+            }
+            slices.insert(key, slice.clone());
+        }
+        slice
+    }
+
     pub fn policy_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
             .policies
@@ -371,6 +434,7 @@ fn load_dir(dir: &Path) -> Result<Loaded, PolicyError> {
     }
     Ok(Loaded {
         policies,
+        slices: std::sync::Mutex::new(HashMap::new()),
         hash: hash_files(&files),
         descriptions,
         advice,

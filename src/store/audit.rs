@@ -25,8 +25,10 @@ const COLUMNS: &str =
 
 /// Rows per INSERT statement, largest first. A batch is cut into these
 /// sizes so that only a handful of statements exist and each is prepared
-/// once per connection (SQLite allows 32,766 bound values per statement).
-const INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+/// once per connection. SQLite stays at 16 rows: sqlx binds `$N` by name,
+/// and that lookup is quadratic in the parameters of one statement.
+const INSERT_SIZES_POSTGRES: [usize; 5] = [256, 64, 16, 4, 1];
+const INSERT_SIZES_SQLITE: [usize; 3] = [16, 4, 1];
 
 /// Locks the head, lets `prepare` chain the new events onto it, writes them
 /// and moves the head, all in one transaction. Writers in other processes
@@ -35,6 +37,10 @@ pub async fn append<F>(db: &Db, writer: &str, now_us: i64, prepare: F) -> Result
 where
     F: FnOnce(Head) -> Prepared,
 {
+    let sizes: &[usize] = match db.pool() {
+        super::Pool::Sqlite(_) => &INSERT_SIZES_SQLITE,
+        super::Pool::Postgres(_) => &INSERT_SIZES_POSTGRES,
+    };
     with_db!(db, pool => {
         let mut tx = pool.begin().await?;
         // The first statement writes, so SQLite takes its write lock at once
@@ -50,7 +56,7 @@ where
             return Err(super::Error::Invalid("nothing to append".into()));
         };
         let new_head = Head { seq: last.seq, hash: last.hash.clone() };
-        for chunk in insert_chunks(&prepared.events) {
+        for chunk in insert_chunks(&prepared.events, sizes) {
             let text = insert_sql(chunk.len());
             let mut query = sqlx::query(sql(text));
             for e in chunk {
@@ -338,12 +344,12 @@ where
     })
 }
 
-/// Cuts `events` into runs of the sizes in [`INSERT_SIZES`].
-fn insert_chunks(events: &[EventRecord]) -> Vec<&[EventRecord]> {
+/// Cuts `events` into runs of `sizes` (largest first).
+fn insert_chunks<'a>(events: &'a [EventRecord], sizes: &[usize]) -> Vec<&'a [EventRecord]> {
     let mut out = Vec::new();
     let mut rest = events;
     while !rest.is_empty() {
-        let size = INSERT_SIZES
+        let size = sizes
             .iter()
             .copied()
             .find(|size| *size <= rest.len())
