@@ -75,7 +75,41 @@ pub fn start(
     (audit, writer)
 }
 
+/// An event handed to the writer whose commit has not been awaited yet
+/// ([`Audit::submit`]).
+pub struct Pending(oneshot::Receiver<Result<i64, AuditError>>);
+
+impl Pending {
+    /// Waits until the event is durable (or could not be written).
+    pub async fn wait(self) -> Result<i64, AuditError> {
+        self.0.await.map_err(|_| AuditError::ShuttingDown)?
+    }
+
+    /// The outcome if the writer has already committed (or failed) the
+    /// event's batch; `None` while it is in flight.
+    pub fn poll_done(&mut self) -> Option<Result<i64, AuditError>> {
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(AuditError::ShuttingDown)),
+        }
+    }
+}
+
 impl Audit {
+    /// Queues `event` for the writer and returns at once (waiting only
+    /// while the writer's queue is full). The caller decides when to wait
+    /// for durability with [`Pending::wait`]: hot paths keep appends off
+    /// their critical path and wait at their own commit points.
+    pub async fn submit(&self, event: AuditEvent) -> Result<Pending, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Message::Record(event, done))
+            .await
+            .map_err(|_| AuditError::ShuttingDown)?;
+        Ok(Pending(wait))
+    }
+
     /// Appends `event` and waits until it is durable. Returns its place in the chain.
     pub async fn record(&self, event: AuditEvent) -> Result<i64, AuditError> {
         let (done, wait) = oneshot::channel();
