@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod broker;
+mod db;
 mod home;
 mod login;
 mod policy;
@@ -77,6 +78,11 @@ enum Command {
     },
     /// List the targets you may use.
     Ls(policy::LsArgs),
+    /// PostgreSQL through the broker.
+    Db {
+        #[command(subcommand)]
+        command: db::DbCommand,
+    },
     /// Broker administration (offline tools that use the broker's store).
     Admin {
         #[command(subcommand)]
@@ -193,6 +199,7 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
         Command::Logout => login::logout(env).await,
         Command::Status(args) => login::status(args, env).await,
         Command::Admin { command } => admin::run(command, env).await,
+        Command::Db { command } => db::run(command, env).await,
         Command::Policy { command } => policy::run(command, &env),
         Command::Ls(args) => policy::ls(args, env).await,
     }

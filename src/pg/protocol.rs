@@ -575,9 +575,7 @@ pub fn ssl_request() -> Vec<u8> {
 }
 
 pub fn cancel_request(pid: i32, key: &[u8]) -> Vec<u8> {
-    let mut out = ((12 + key.len().saturating_sub(4)) as i32)
-        .to_be_bytes()
-        .to_vec();
+    let mut out = ((12 + key.len()) as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
     out.extend_from_slice(&pid.to_be_bytes());
     out.extend_from_slice(key);

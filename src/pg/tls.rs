@@ -102,17 +102,26 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 /// `disable`). `verify-full` checks chain and name, `verify-ca` the chain
 /// only, `require` encrypts without checking (as libpq does).
 pub fn client_config(target: &PostgresTarget) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
-    if target.tls == TlsMode::Disable {
+    client_config_with(target.tls, target.ca_file.as_deref())
+}
+
+/// The client configuration for `mode`, trusting `ca_file` (else the
+/// public web PKI roots).
+pub fn client_config_with(
+    mode: TlsMode,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    if mode == TlsMode::Disable {
         return Ok(None);
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let verifier: Arc<dyn ServerCertVerifier> = match target.tls {
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
         TlsMode::Require => Arc::new(NoVerify(provider())),
         _ => {
             let mut roots = RootCertStore::empty();
-            match &target.ca_file {
+            match ca_file {
                 Some(path) => {
                     for cert in read_certs(path)? {
                         roots.add(cert).with_context(|| {
@@ -128,7 +137,7 @@ pub fn client_config(target: &PostgresTarget) -> anyhow::Result<Option<Arc<rustl
             )
             .build()
             .context("building the certificate verifier")?;
-            if target.tls == TlsMode::VerifyCa {
+            if mode == TlsMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
                 webpki

@@ -6,5 +6,6 @@ mod support;
 mod audit_trail;
 mod identity;
 mod policy;
+mod postgres;
 mod serve;
 mod tidy;
