@@ -143,7 +143,9 @@ async fn serve(mut local: TcpStream, tunnel: &Tunnel) -> anyhow::Result<()> {
             Some((Startup::Ssl | Startup::GssEnc, _)) => local.write_all(b"N").await?,
             Some((Startup::Cancel { pid, key }, _)) => {
                 let mut broker = connect(tunnel).await?;
-                broker.write_all(&protocol::cancel_request(pid, &key)).await?;
+                broker
+                    .write_all(&protocol::cancel_request(pid, &key))
+                    .await?;
                 broker.flush().await?;
                 return Ok(());
             }
@@ -152,10 +154,8 @@ async fn serve(mut local: TcpStream, tunnel: &Tunnel) -> anyhow::Result<()> {
         }
     };
     let mut broker = connect(tunnel).await?;
-    let mut startup: Vec<(&str, &str)> = vec![
-        ("user", &tunnel.user),
-        ("database", &tunnel.database),
-    ];
+    let mut startup: Vec<(&str, &str)> =
+        vec![("user", &tunnel.user), ("database", &tunnel.database)];
     for (key, value) in &params {
         if key != "user" && key != "database" {
             startup.push((key, value));
@@ -164,7 +164,9 @@ async fn serve(mut local: TcpStream, tunnel: &Tunnel) -> anyhow::Result<()> {
     if let Some(reason) = &tunnel.reason {
         startup.push(("pam.reason", reason));
     }
-    broker.write_all(&protocol::startup_message(&startup)).await?;
+    broker
+        .write_all(&protocol::startup_message(&startup))
+        .await?;
     broker.flush().await?;
     // Answer the broker's password request with the token; pass on
     // anything else (an error ends the connection).

@@ -82,7 +82,9 @@ impl Drop for ScramDb {
                     format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
                     format!("DROP ROLE IF EXISTS {role}"),
                 ] {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
@@ -173,19 +175,31 @@ fn via_broker(app: &TestApp, user: &str, database: &str) -> String {
     )
 }
 
-fn psql(conninfo: &str, password: &str, args: &[&str]) -> Output {
-    run_with_stdin(
-        Command::new("psql")
-            .arg(conninfo)
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(args)
-            .env("PGPASSWORD", password),
-        None,
-    )
+async fn psql(conninfo: &str, password: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new("psql");
+    cmd.arg(conninfo)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .env("PGPASSWORD", password);
+    run(cmd, None).await
 }
 
-fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Output {
-    for var in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSSLMODE", "PGOPTIONS"] {
+/// Runs a client program off the runtime's thread (the broker runs on it).
+async fn run(mut cmd: Command, stdin: Option<String>) -> Output {
+    tokio::task::spawn_blocking(move || run_blocking(&mut cmd, stdin.as_deref()))
+        .await
+        .unwrap()
+}
+
+fn run_blocking(cmd: &mut Command, stdin: Option<&str>) -> Output {
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGSSLMODE",
+        "PGOPTIONS",
+    ] {
         cmd.env_remove(var);
     }
     let mut child = cmd
@@ -219,8 +233,21 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `db.query` details of one session, oldest first.
+/// `db.query` details, oldest first, once every session has ended (a
+/// client may exit before its last events are committed; all are by
+/// `session.end`).
 async fn queries(app: &TestApp) -> Vec<Value> {
+    let settled = eventually(Duration::from_secs(10), || async {
+        let started = app
+            .events("session.start")
+            .await
+            .iter()
+            .filter(|e| e.outcome == "success")
+            .count();
+        app.events("session.end").await.len() >= started
+    })
+    .await;
+    assert!(settled, "sessions did not end");
     app.event_details("db.query").await
 }
 
@@ -254,7 +281,12 @@ struct Fatal {
 }
 
 impl Wire {
-    async fn connect(app: &TestApp, user: &str, database: &str, password: &str) -> Result<Wire, Fatal> {
+    async fn connect(
+        app: &TestApp,
+        user: &str,
+        database: &str,
+        password: &str,
+    ) -> Result<Wire, Fatal> {
         let mut tcp = tokio::net::TcpStream::connect(app.postgres).await.unwrap();
         tcp.write_all(&protocol::ssl_request()).await.unwrap();
         let mut answer = [0u8; 1];
@@ -288,7 +320,8 @@ impl Wire {
             let (tag, body) = wire.next().await.expect("an answer");
             match protocol::parse_backend(tag, &body).unwrap() {
                 Backend::Authentication(protocol::Auth::Cleartext) => {
-                    wire.send(&protocol::password_message(password.as_bytes())).await
+                    wire.send(&protocol::password_message(password.as_bytes()))
+                        .await
                 }
                 Backend::Error(fields) => return Err(fatal(&fields)),
                 Backend::ReadyForQuery(_) => return Ok(wire),
@@ -351,7 +384,8 @@ async fn psql_through_the_broker_matches_a_direct_connection_and_every_statement
             "-c",
             "insert into t values (1, 'one'), (2, 'two'), (3, 'three')",
         ],
-    );
+    )
+    .await;
     stdout(&setup);
     let checks = [
         "select id, name from t order by id",
@@ -360,25 +394,36 @@ async fn psql_through_the_broker_matches_a_direct_connection_and_every_statement
         "select string_agg(name, ',' order by id) from t",
     ];
     for sql in checks {
-        let through = stdout(&psql(&conn, &bob, &["-c", sql]));
-        let direct = stdout(&psql(&db.direct(), &db.password, &["-c", sql]));
+        let through = stdout(&psql(&conn, &bob, &["-c", sql]).await);
+        let direct = stdout(&psql(&db.direct(), &db.password, &["-c", sql]).await);
         assert_eq!(through, direct, "{sql}");
     }
-    let whoami = stdout(&psql(&conn, &bob, &["-c", "select current_user"]));
-    assert_eq!(whoami.trim(), db.role, "the broker logs in as the database user");
+    let whoami = stdout(&psql(&conn, &bob, &["-c", "select current_user"]).await);
+    assert_eq!(
+        whoami.trim(),
+        db.role,
+        "the broker logs in as the database user"
+    );
     // An error reaches the client as the server sent it.
-    let failed = psql(&conn, &bob, &["-c", "select * from missing_table"]);
+    let failed = psql(&conn, &bob, &["-c", "select * from missing_table"]).await;
     assert!(!failed.status.success());
     assert!(text(&failed).contains("relation \"missing_table\" does not exist"));
     // A very long statement: bounded in the event, with the hash of the whole.
     let long = format!("select length('{}')", "x".repeat(40_000));
-    assert_eq!(stdout(&psql(&conn, &bob, &["-c", &long])).trim(), "40000");
+    assert_eq!(
+        stdout(&psql(&conn, &bob, &["-c", &long]).await).trim(),
+        "40000"
+    );
 
     let events = queries(&app).await;
     let find = |needle: &str| {
         events
             .iter()
-            .find(|d| d["statement"].as_str().is_some_and(|s| s.starts_with(needle)))
+            .find(|d| {
+                d["statement"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(needle))
+            })
             .unwrap_or_else(|| panic!("no db.query for {needle}: {events:#?}"))
             .clone()
     };
@@ -390,7 +435,10 @@ async fn psql_through_the_broker_matches_a_direct_connection_and_every_statement
     assert_eq!(select["rows"], 3);
     assert_eq!(select["rows_sent"], 3);
     let both = find("update t set name");
-    assert_eq!(both["commands"], serde_json::json!(["UPDATE 2", "SELECT 1"]));
+    assert_eq!(
+        both["commands"],
+        serde_json::json!(["UPDATE 2", "SELECT 1"])
+    );
     let missing = find("select * from missing_table");
     assert_eq!(missing["error"]["sqlstate"], "42P01");
     let long_event = find("select length('xxx");
@@ -415,13 +463,23 @@ async fn psql_through_the_broker_matches_a_direct_connection_and_every_statement
         assert!(end["bytes_out"].as_i64().unwrap() > 0);
     }
     let query_events = app.events("db.query").await;
-    assert!(query_events.iter().all(|e| e.actor.as_deref() == Some("bob@example.test")
-        && e.target.as_deref() == Some("orders-dev")
-        && e.session_id.is_some()));
+    assert!(
+        query_events
+            .iter()
+            .all(|e| e.actor.as_deref() == Some("bob@example.test")
+                && e.target.as_deref() == Some("orders-dev")
+                && e.session_id.is_some())
+    );
     // Neither the token nor the database password is anywhere in the trail.
     let trail = whole_trail(&app).await;
-    assert!(!trail.contains(&bob), "the broker token leaked into the trail");
-    assert!(!trail.contains(&db.password), "the database password leaked into the trail");
+    assert!(
+        !trail.contains(&bob),
+        "the broker token leaked into the trail"
+    );
+    assert!(
+        !trail.contains(&db.password),
+        "the database password leaked into the trail"
+    );
 }
 
 #[tokio::test]
@@ -433,23 +491,20 @@ async fn pgbench_simple_and_prepared_modes_run_through_the_broker() {
     );
     let app = broker(toml).await;
     let bob = token(&app, "bob").await;
-    let init = run_with_stdin(
-        Command::new("pgbench")
-            .args(["-i", "-q", "-s", "1"])
-            .arg(db.direct())
-            .env("PGPASSWORD", &db.password),
-        None,
-    );
+    let mut init = Command::new("pgbench");
+    init.args(["-i", "-q", "-s", "1"])
+        .arg(db.direct())
+        .env("PGPASSWORD", &db.password);
+    let init = run(init, None).await;
     assert!(init.status.success(), "{}", text(&init));
     let conn = via_broker(&app, "bob@example.test", "bench-dev");
     for mode in ["simple", "extended", "prepared"] {
-        let out = run_with_stdin(
-            Command::new("pgbench")
-                .args(["-n", "-S", "-M", mode, "-c", "2", "-j", "1", "-t", "25"])
-                .arg(&conn)
-                .env("PGPASSWORD", &bob),
-            None,
-        );
+        let mut bench = Command::new("pgbench");
+        bench
+            .args(["-n", "-S", "-M", mode, "-c", "2", "-j", "1", "-t", "25"])
+            .arg(&conn)
+            .env("PGPASSWORD", &bob);
+        let out = run(bench, None).await;
         let out_text = text(&out);
         assert!(out.status.success(), "{mode}: {out_text}");
         assert!(
@@ -460,7 +515,11 @@ async fn pgbench_simple_and_prepared_modes_run_through_the_broker() {
     let events = queries(&app).await;
     let selects: Vec<&Value> = events
         .iter()
-        .filter(|d| d["statement"].as_str().is_some_and(|s| s.contains("FROM pgbench_accounts")))
+        .filter(|d| {
+            d["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("FROM pgbench_accounts"))
+        })
         .collect();
     let by = |protocol: &str, prepared: bool| {
         selects
@@ -470,13 +529,23 @@ async fn pgbench_simple_and_prepared_modes_run_through_the_broker() {
     };
     assert_eq!(by("simple", false), 50, "{selects:#?}");
     assert_eq!(by("extended", false), 50);
-    assert_eq!(by("extended", true), 50, "prepared mode: one event per Execute");
+    assert_eq!(
+        by("extended", true),
+        50,
+        "prepared mode: one event per Execute"
+    );
     let prepared = selects
         .iter()
         .find(|d| d.get("prepared").is_some())
         .unwrap();
     assert_eq!(prepared["params"], 1);
-    assert!(prepared["param_values"][0].as_str().unwrap().parse::<i64>().is_ok());
+    assert!(
+        prepared["param_values"][0]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .is_ok()
+    );
     assert_eq!(prepared["rows"], 1);
     assert!(selects.iter().all(|d| d.get("error").is_none()));
 }
@@ -487,17 +556,23 @@ async fn copy_in_and_out_are_relayed_and_recorded() {
     let app = broker(target("copy-dev", &db, r#"env = "dev""#).await).await;
     let bob = token(&app, "bob").await;
     let conn = via_broker(&app, "bob@example.test", "copy-dev");
-    stdout(&psql(&conn, &bob, &["-c", "create table c (n int, s text)"]));
+    stdout(&psql(&conn, &bob, &["-c", "create table c (n int, s text)"]).await);
     let rows: String = (1..=500).map(|n| format!("{n}\trow {n}\n")).collect();
-    let copy_in = run_with_stdin(
-        Command::new("psql")
-            .arg(&conn)
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", "\\copy c from stdin"])
-            .env("PGPASSWORD", &bob),
-        Some(&rows),
-    );
+    let mut copy_in = Command::new("psql");
+    copy_in
+        .arg(&conn)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", "\\copy c from stdin"])
+        .env("PGPASSWORD", &bob);
+    let copy_in = run(copy_in, Some(rows.clone())).await;
     assert!(copy_in.status.success(), "{}", text(&copy_in));
-    let out = stdout(&psql(&conn, &bob, &["-c", "\\copy (select * from c order by n) to stdout"]));
+    let out = stdout(
+        &psql(
+            &conn,
+            &bob,
+            &["-c", "\\copy (select * from c order by n) to stdout"],
+        )
+        .await,
+    );
     assert_eq!(out, rows);
     let events = queries(&app).await;
     let copy = |direction: &str| {
@@ -510,7 +585,13 @@ async fn copy_in_and_out_are_relayed_and_recorded() {
     let copied_in = copy("in");
     assert_eq!(copied_in["rows"], 500);
     assert_eq!(copied_in["copy"]["bytes"], rows.len());
-    assert!(copied_in["statement"].as_str().unwrap().to_lowercase().contains("from stdin"));
+    assert!(
+        copied_in["statement"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("from stdin")
+    );
     let copied_out = copy("out");
     assert_eq!(copied_out["rows"], 500);
     assert_eq!(copied_out["copy"]["bytes"], rows.len());
@@ -536,7 +617,7 @@ async fn a_long_query_is_cancelled_through_the_broker() {
             &db.direct(),
             &db.password,
             &["-c", "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'"],
-        );
+        ).await;
         String::from_utf8_lossy(&direct.stdout).trim() == "1"
     })
     .await;
@@ -550,7 +631,11 @@ async fn a_long_query_is_cancelled_through_the_broker() {
     let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10), "cancel took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        started.elapsed()
+    );
     assert!(
         text(&output).contains("canceling statement due to user request"),
         "{}",
@@ -558,10 +643,12 @@ async fn a_long_query_is_cancelled_through_the_broker() {
     );
     let ok = eventually(Duration::from_secs(5), || async {
         let events = queries(&app).await;
-        events.iter().any(|d| d["cancel_request"] == true && d["error"].is_null())
-            && events
-                .iter()
-                .any(|d| d["statement"] == "select pg_sleep(30)" && d["error"]["sqlstate"] == "57014")
+        events
+            .iter()
+            .any(|d| d["cancel_request"] == true && d["error"].is_null())
+            && events.iter().any(|d| {
+                d["statement"] == "select pg_sleep(30)" && d["error"]["sqlstate"] == "57014"
+            })
     })
     .await;
     assert!(ok, "{:#?}", queries(&app).await);
@@ -578,12 +665,20 @@ async fn a_long_query_is_cancelled_through_the_broker() {
 #[tokio::test]
 async fn refusals_are_clear_postgres_errors_and_audited() {
     let db = ScramDb::create().await;
-    let wrong = put_secret(&serde_json::json!({"username": db.role, "password": "not-it"}).to_string()).await;
+    let wrong =
+        put_secret(&serde_json::json!({"username": db.role, "password": "not-it"}).to_string())
+            .await;
     let closed_port = free_port();
     let toml = format!(
         "{}{}{}",
         target("good-dev", &db, r#"env = "dev""#).await,
-        target_with("wrongpw-dev", &db.address(), &db.database, &wrong, r#"env = "dev""#),
+        target_with(
+            "wrongpw-dev",
+            &db.address(),
+            &db.database,
+            &wrong,
+            r#"env = "dev""#
+        ),
         target_with(
             "down-dev",
             &format!("127.0.0.1:{closed_port}"),
@@ -618,15 +713,33 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
     assert_eq!(down.code, "08006", "{down:?}");
     assert!(down.message.contains("cannot reach"), "{down:?}");
 
-    let wrong_password = refused(Wire::connect(&app, "bob@example.test", "wrongpw-dev", &bob).await);
+    let wrong_password =
+        refused(Wire::connect(&app, "bob@example.test", "wrongpw-dev", &bob).await);
     assert_eq!(wrong_password.code, "08006", "{wrong_password:?}");
-    assert!(wrong_password.message.contains("refused the broker's login"), "{wrong_password:?}");
-    assert!(wrong_password.message.contains("28P01"), "{wrong_password:?}");
+    assert!(
+        wrong_password
+            .message
+            .contains("refused the broker's login"),
+        "{wrong_password:?}"
+    );
+    assert!(
+        wrong_password.message.contains("28P01"),
+        "{wrong_password:?}"
+    );
     assert!(!wrong_password.message.contains("not-it"));
 
     // psql says the same, and cleartext is refused outside --dev.
-    let out = psql(&via_broker(&app, "bob@example.test", "good-dev"), "wrong", &["-c", "select 1"]);
-    assert!(text(&out).contains("invalid broker token"), "{}", text(&out));
+    let out = psql(
+        &via_broker(&app, "bob@example.test", "good-dev"),
+        "wrong",
+        &["-c", "select 1"],
+    )
+    .await;
+    assert!(
+        text(&out).contains("invalid broker token"),
+        "{}",
+        text(&out)
+    );
     let plain = psql(
         &format!(
             "host=127.0.0.1 port={} user=bob@example.test dbname=good-dev sslmode=disable",
@@ -634,21 +747,39 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
         ),
         &bob,
         &["-c", "select 1"],
+    )
+    .await;
+    assert!(
+        text(&plain).contains("the broker requires TLS"),
+        "{}",
+        text(&plain)
     );
-    assert!(text(&plain).contains("the broker requires TLS"), "{}", text(&plain));
     // And the good one works.
     let good = Wire::connect(&app, "bob@example.test", "good-dev/postgres", &bob).await;
     assert!(good.is_ok(), "{:?}", good.err());
 
     // Audited: rejected tokens, the denial, the failed upstream logins.
     let rejected = app.event_details("token.rejected").await;
-    assert!(rejected.iter().any(|d| d["room"] == "postgres" && d["reason"] == "invalid token"));
-    assert!(rejected.iter().any(|d| d["room"] == "postgres"
-        && d["reason"].as_str().unwrap().contains("not to the user named")));
+    assert!(
+        rejected
+            .iter()
+            .any(|d| d["room"] == "postgres" && d["reason"] == "invalid token")
+    );
+    assert!(rejected.iter().any(|d| {
+        d["room"] == "postgres"
+            && d["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not to the user named")
+    }));
     let decisions = app.events("policy.decision").await;
-    assert!(decisions.iter().any(|e| e.actor.as_deref() == Some("dave@example.test")
-        && e.outcome == "denied"
-        && e.target.as_deref() == Some("good-dev")));
+    assert!(
+        decisions
+            .iter()
+            .any(|e| e.actor.as_deref() == Some("dave@example.test")
+                && e.outcome == "denied"
+                && e.target.as_deref() == Some("good-dev"))
+    );
     let failed_starts: Vec<_> = app
         .events("session.start")
         .await
@@ -657,7 +788,9 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
         .collect();
     for target in ["down-dev", "wrongpw-dev", "nope"] {
         assert!(
-            failed_starts.iter().any(|e| e.target.as_deref() == Some(target)),
+            failed_starts
+                .iter()
+                .any(|e| e.target.as_deref() == Some(target)),
             "{target}: {failed_starts:#?}"
         );
     }
@@ -668,19 +801,31 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
 #[tokio::test]
 async fn an_expired_token_is_refused() {
     let db = ScramDb::create().await;
-    let toml = format!(
-        "[session]\ntoken_ttl = \"2s\"\n{}",
-        target("exp-dev", &db, r#"env = "dev""#).await
-    );
-    let app = broker(toml).await;
+    let app = broker(target("exp-dev", &db, r#"env = "dev""#).await).await;
     let bob = token(&app, "bob").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let fatal = match Wire::connect(&app, "bob@example.test", "exp-dev", &bob).await {
+    // The same session's token, signed by the broker, an hour past its end.
+    let keys = pam::keys::KeyMaterial::load(&app.config.keys_dir()).unwrap();
+    let signer = pam::identity::token::TokenKeys::new(
+        &keys.token_signing,
+        app.config.server.public_url.as_str(),
+    );
+    let mut claims = signer.verify(&bob).unwrap();
+    claims.exp -= 9 * 3600;
+    claims.iat -= 9 * 3600;
+    claims.nbf -= 9 * 3600;
+    let expired = signer.sign(&claims).unwrap();
+    let fatal = match Wire::connect(&app, "bob@example.test", "exp-dev", &expired).await {
         Ok(_) => panic!("an expired token was accepted"),
         Err(fatal) => fatal,
     };
     assert_eq!(fatal.code, "28P01", "{fatal:?}");
     assert!(fatal.message.contains("expired"), "{fatal:?}");
+    let rejected = app.event_details("token.rejected").await;
+    assert!(
+        rejected
+            .iter()
+            .any(|d| d["room"] == "postgres" && d["reason"].as_str().unwrap().contains("expired"))
+    );
 }
 
 #[tokio::test]
@@ -789,6 +934,8 @@ async fn pam_db_connect_tunnels_with_the_saved_login() {
         serde_json::json!({
             "broker": app.base_url,
             "user": login.user,
+            "groups": login.groups,
+            "mfa": login.mfa,
             "postgres_addr": login.postgres_addr,
         })
         .to_string(),
@@ -817,12 +964,17 @@ async fn pam_db_connect_tunnels_with_the_saved_login() {
     })
     .await
     .unwrap();
-    assert!(printed.contains(&format!("port={port}")), "{printed}");
+    if !printed.contains(&format!("port={port}")) {
+        let _ = tunnel.kill();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut tunnel.stderr.take().unwrap(), &mut err).unwrap();
+        panic!("pam db connect printed {printed:?}; stderr: {err}");
+    }
     assert!(printed.starts_with("psql "), "{printed}");
     let local = format!(
         "host=127.0.0.1 port={port} user=bob@example.test dbname=tunnel-dev sslmode=disable"
     );
-    let who = psql(&local, "", &["-c", "select current_user"]);
+    let who = psql(&local, "", &["-c", "select current_user"]).await;
     let _ = tunnel.kill();
     let _ = tunnel.wait();
     assert_eq!(stdout(&who).trim(), db.role);
