@@ -125,9 +125,12 @@ pub fn parse_startup(buf: &[u8]) -> Result<Option<(Startup, usize)>, ProtocolErr
     Ok(Some((packet, len)))
 }
 
-/// One complete typed message at the start of `buf`: tag, body and the
-/// bytes it took; `Ok(None)` when more bytes are needed.
-pub fn split_message(buf: &[u8], max: usize) -> Result<Option<(u8, &[u8], usize)>, ProtocolError> {
+/// A typed message split off a buffer: tag, body and the bytes it took.
+pub type Split<'a> = (u8, &'a [u8], usize);
+
+/// One complete typed message at the start of `buf`; `Ok(None)` when more
+/// bytes are needed.
+pub fn split_message(buf: &[u8], max: usize) -> Result<Option<Split<'_>>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
     }

@@ -593,10 +593,10 @@ impl State {
             Seen::Message { tag, body, .. } => (tag, body),
         };
         match protocol::parse_backend(tag, body)? {
-            Backend::ParseComplete => {
-                if self.pending.front().is_some_and(|p| p.kind == Kind::Parse) {
-                    self.pending.pop_front();
-                }
+            Backend::ParseComplete
+                if self.pending.front().is_some_and(|p| p.kind == Kind::Parse) =>
+            {
+                self.pending.pop_front();
             }
             Backend::CommandComplete(command) => {
                 let rows = protocol::command_rows(command);
@@ -614,13 +614,12 @@ impl State {
                     }
                 }
             }
-            Backend::EmptyQuery => {
+            Backend::EmptyQuery
                 if self
                     .front_statement()
-                    .is_some_and(|p| p.kind == Kind::Execute)
-                {
-                    self.finish_front(done, false);
-                }
+                    .is_some_and(|p| p.kind == Kind::Execute) =>
+            {
+                self.finish_front(done, false);
             }
             Backend::PortalSuspended => {
                 if let Some(front) = self.front_statement()

@@ -275,7 +275,7 @@ async fn negotiate(
                     );
                     return Ok((stream, Negotiated::Refused(refusal)));
                 }
-                if !stream.is_tls() && !(room.deps.dev && peer.ip().is_loopback()) {
+                if !(stream.is_tls() || room.deps.dev && peer.ip().is_loopback()) {
                     let refusal = Refusal::new("28000", "the broker requires TLS")
                         .hint("connect with sslmode=require (or use `pam db connect`)");
                     return Ok((stream, Negotiated::Refused(refusal)));
