@@ -45,14 +45,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// The SQLSTATE the client is told.
+    /// The SQLSTATE the client is told: `08006` (connection failure) for
+    /// every upstream problem. A refused database login is the broker's
+    /// credential, not the user's password, so it is not `28P01`.
     pub fn sqlstate(&self) -> &'static str {
-        match self {
-            // The database is there but will not take the broker's
-            // credential: not the user's password, so not 28P01.
-            Error::Refused { .. } => "08006",
-            _ => "08006",
-        }
+        "08006"
     }
 }
 
