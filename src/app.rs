@@ -238,6 +238,7 @@ pub async fn run_with(
                 db_params: config.audit.db_params,
                 audit_window: config.audit.db_window,
                 max_connections: config.server.max_connections,
+                recordings: config.recordings_dir(),
             },
             stop_rooms.clone(),
         ),

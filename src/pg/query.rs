@@ -10,6 +10,10 @@
 //! does. Memory is bounded: statement text beyond [`TEXT_MAX`] is kept as a
 //! prefix with the SHA-256 of the whole text, and the number of prepared
 //! statements, portals and requests in flight is capped.
+//!
+//! The whole text of every `Query` and `Parse` also goes, as it streams by,
+//! into the session's query log ([`Tracker::take_log`]): the event is
+//! bounded, the log is not, and its SHA-256 is in `session.end`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -290,6 +294,9 @@ struct State {
     /// After an error in the extended protocol: skipping to the next Sync.
     ready: bool,
     terminated: bool,
+    /// Query log bytes not yet taken.
+    log: Vec<u8>,
+    logging: bool,
 }
 
 /// What a piece of server output held.
@@ -313,8 +320,22 @@ impl Tracker {
                 streaming: None,
                 ready: false,
                 terminated: false,
+                log: Vec::new(),
+                logging: false,
             },
         }
+    }
+
+    /// Keeps the text of every statement for [`Tracker::take_log`].
+    pub fn with_log(mut self) -> Self {
+        self.state.logging = true;
+        self
+    }
+
+    /// The query log written since the last call: each statement's whole
+    /// text followed by CR LF; `-- parse NAME` before a prepared one.
+    pub fn take_log(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.state.log)
     }
 
     /// Bytes the client sent (before they are relayed).
@@ -414,6 +435,9 @@ impl State {
             // Only Query and Parse carry text long enough to matter; the
             // rest of an overlong message is not needed.
             let streamed = self.streaming.take();
+            if self.logging && matches!(tag, b'Q' | b'P') {
+                self.log.extend_from_slice(b"\r\n");
+            }
             return match tag {
                 b'Q' | b'P' => {
                     let statement = Arc::new(streamed_statement(tag, body, streamed));
@@ -459,11 +483,13 @@ impl State {
         }
         match protocol::parse_frontend(tag, body)? {
             Frontend::Query { sql } => {
+                self.log_statement(None, sql);
                 let mut pending = Pending::new(Kind::Query);
                 pending.statement = Some(Arc::new(Statement::from_sql(sql, None)));
                 self.push(pending)?;
             }
             Frontend::Parse { name, sql, .. } => {
+                self.log_statement(Some(name), sql);
                 let statement = Arc::new(Statement::from_sql(sql, Some(name)));
                 self.prepare(name.to_vec(), statement.clone())?;
                 let mut pending = Pending::new(Kind::Parse);
@@ -539,9 +565,25 @@ impl State {
         Ok(())
     }
 
+    fn log_statement(&mut self, name: Option<&[u8]>, sql: &[u8]) {
+        if !self.logging {
+            return;
+        }
+        if let Some(name) = name {
+            self.log.extend_from_slice(b"-- parse ");
+            self.log.extend_from_slice(name);
+            self.log.extend_from_slice(b"\r\n");
+        }
+        self.log.extend_from_slice(sql);
+        self.log.extend_from_slice(b"\r\n");
+    }
+
     fn stream_text(&mut self, tag: u8, data: &[u8]) {
         if tag != b'Q' && tag != b'P' {
             return;
+        }
+        if self.streaming.is_none() && self.logging && tag == b'P' {
+            self.log.extend_from_slice(b"-- parse\r\n");
         }
         let streaming = self.streaming.get_or_insert_with(|| Streaming {
             hasher: Sha256::new(),
@@ -571,6 +613,9 @@ impl State {
         };
         streaming.hasher.update(text);
         streaming.bytes += text.len();
+        if self.logging {
+            self.log.extend_from_slice(text);
+        }
     }
 
     fn on_server(&mut self, seen: Seen<'_>, done: &mut Vec<Completed>) -> Result<(), TrackError> {
@@ -957,6 +1002,22 @@ mod tests {
         assert!(seen.ready);
         assert_eq!(done[0].copy, Some(("in", 4)));
         assert_eq!(done[0].rows, Some(2));
+    }
+
+    #[test]
+    fn the_log_holds_every_statement_whole() {
+        let long = format!("select '{}'", "z".repeat(SCAN_CAP * 2));
+        let mut tracker = Tracker::new(false).with_log();
+        let mut stream = protocol::query("select 1");
+        stream.extend(parse("s1", "select $1"));
+        stream.extend(protocol::query(&long));
+        let mut log = Vec::new();
+        for piece in stream.chunks(777) {
+            tracker.client(piece).unwrap();
+            log.extend(tracker.take_log());
+        }
+        let expected = format!("select 1\r\n-- parse s1\r\nselect $1\r\n{long}\r\n");
+        assert!(log == expected.as_bytes(), "the log differs");
     }
 
     #[test]

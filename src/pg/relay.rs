@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{self, Severity};
 use super::query::{Completed, TrackError, Tracker};
 use super::{Stream, cancel};
+use crate::audit::recording::Recorder;
 use crate::audit::{Audit, Pending};
 use crate::domain::audit::{AuditError, AuditEvent, EventKind, Outcome};
 use crate::sessions::{EndReason, Live, Notice};
@@ -85,8 +86,14 @@ struct Counters {
 
 /// Relays until either side closes or the broker ends the session; the
 /// end reason is set on `live` (finishing it is the caller's job).
-pub async fn run(client: Stream, upstream: Stream, live: &mut Live, context: Context) -> Summary {
-    let tracker = Mutex::new(Tracker::new(context.db_params));
+pub async fn run(
+    client: Stream,
+    upstream: Stream,
+    live: &mut Live,
+    context: Context,
+    log: Recorder,
+) -> Summary {
+    let tracker = Mutex::new(Tracker::new(context.db_params).with_log());
     let counters = Counters::default();
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
@@ -101,6 +108,7 @@ pub async fn run(client: Stream, upstream: Stream, live: &mut Live, context: Con
             &mut upstream_write,
             &tracker,
             &counters,
+            &log,
             stop_client.clone(),
         );
         let to_client = upstream_to_client(
@@ -248,6 +256,7 @@ async fn client_to_upstream<R, W>(
     write: &mut W,
     tracker: &Mutex<Tracker>,
     counters: &Counters,
+    log: &Recorder,
     stop: CancellationToken,
 ) -> Result<ClientEnd, RelayError>
 where
@@ -266,13 +275,17 @@ where
         }
         counters.input.fetch_add(n as u64, Ordering::Relaxed);
         counters.active.store(true, Ordering::Relaxed);
-        let terminated = {
+        let (terminated, text) = {
             let mut tracker = tracker
                 .lock()
                 .map_err(|_| std::io::Error::other("tracker poisoned"))?;
             tracker.client(&buf[..n])?;
-            tracker.terminated()
+            (tracker.terminated(), tracker.take_log())
         };
+        if !text.is_empty() {
+            // Logged before it reaches the database.
+            log.output(bytes::Bytes::from(text)).await;
+        }
         write.write_all(&buf[..n]).await?;
         write.flush().await?;
         if terminated {

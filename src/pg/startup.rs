@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Severity, Startup};
 use super::{Room, STARTUP_TIMEOUT, Stream, relay, upstream};
+use crate::audit::recording;
 use crate::config::{PostgresTarget, TargetConfig, TargetKind};
-use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::domain::audit::{AuditEvent, EventKind, Outcome, now_us};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::principal::Principal;
 use crate::identity::AuthError;
@@ -142,32 +143,59 @@ pub async fn handle(
         login: Some(connected.db_user.clone()),
         ..RequestContext::default()
     };
+    // The query log: every statement whole, hashed into session.end.
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let relative = recording::relative_path(&session_id, now_us());
+    let header = recording::Header {
+        width: 120,
+        height: 40,
+        timestamp: now_us() / 1_000_000,
+        title: format!("postgres {} ({database})", target.name),
+        term: None,
+        session_id: session_id.clone(),
+        user: principal.email().to_owned(),
+        target: target.name.clone(),
+    };
+    let (log, log_writer) =
+        match recording::Recorder::create(&room.deps.recordings, &relative, &header).await {
+            Ok(created) => created,
+            Err(e) => {
+                tracing::error!(error = %e, "creating the session's query log failed");
+                let refusal = Refusal::new("57P03", "the broker cannot record this session");
+                return refuse(stream, &refusal).await;
+            }
+        };
     let opened = room
         .deps
         .sessions
-        .open(NewSession {
-            kind: "postgres",
-            principal: principal.clone(),
-            target: target.name.clone(),
-            login: Some(connected.db_user.clone()),
-            source_ip: Some(peer.ip()),
-            client: request.application_name.clone(),
-            action: Action::DbConnect,
-            resource: Resource::Target(target.to_ref()),
-            context,
-            recording: None,
-            details: json!({
-                "database": database,
-                "db_user": connected.db_user,
-                "address": pg.address,
-                "tls": upstream::tls_mode(pg.tls),
-                "client_tls": stream.is_tls(),
-            }),
-        })
+        .open_with_id(
+            session_id,
+            NewSession {
+                kind: "postgres",
+                principal: principal.clone(),
+                target: target.name.clone(),
+                login: Some(connected.db_user.clone()),
+                source_ip: Some(peer.ip()),
+                client: request.application_name.clone(),
+                action: Action::DbConnect,
+                resource: Resource::Target(target.to_ref()),
+                context,
+                recording: Some(relative.display().to_string()),
+                details: json!({
+                    "database": database,
+                    "db_user": connected.db_user,
+                    "address": pg.address,
+                    "tls": upstream::tls_mode(pg.tls),
+                    "client_tls": stream.is_tls(),
+                }),
+            },
+        )
         .await;
     let mut live = match opened {
         Ok(live) => live,
         Err(e) => {
+            drop(log);
+            let _ = log_writer.finish().await;
             let refusal = Refusal::new("57P03", format!("refused: {e}"));
             return refuse(stream, &refusal).await;
         }
@@ -196,19 +224,27 @@ pub async fn handle(
                 db_params: room.deps.db_params,
                 cancel: connected.cancel.clone(),
             };
-            relay::run(stream, connected.stream, &mut live, context).await
+            relay::run(stream, connected.stream, &mut live, context, log).await
         }
         Err(e) => {
+            drop(log);
             live.end(crate::sessions::EndReason::Error(e.to_string()));
             relay::Summary::default()
         }
     };
     drop(ticket);
+    let finished = log_writer.finish().await;
+    if let Err(e) = &finished {
+        tracing::error!(error = %e, "writing the session's query log failed");
+    }
+    let finished = finished.ok();
     live.finish(crate::sessions::Finish {
+        recording_sha256: finished.as_ref().map(|f| f.sha256.clone()),
         details: json!({
             "statements": relayed.statements,
             "statements_failed": relayed.failed,
             "audit_failures": relayed.audit_failures,
+            "query_log_bytes": finished.as_ref().map(|f| f.bytes),
         }),
         ..Default::default()
     })

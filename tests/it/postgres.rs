@@ -462,6 +462,27 @@ async fn psql_through_the_broker_matches_a_direct_connection_and_every_statement
         assert!(end["bytes_in"].as_i64().unwrap() > 0);
         assert!(end["bytes_out"].as_i64().unwrap() > 0);
     }
+    // The query log holds the long statement whole; its hash is in session.end.
+    let recordings = app.config.recordings_dir();
+    let mut logs = String::new();
+    for end in &ends {
+        let relative = end["recording"].as_str().expect("a query log");
+        let bytes = std::fs::read(recordings.join(relative)).unwrap();
+        assert_eq!(
+            end["recording_sha256"],
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            "the query log's hash is in session.end"
+        );
+        for line in String::from_utf8(bytes).unwrap().lines().skip(1) {
+            let event: Value = serde_json::from_str(line).unwrap();
+            logs.push_str(event[2].as_str().unwrap());
+        }
+    }
+    assert!(
+        logs.contains(&format!("{long}\r\n")),
+        "the long statement is in a query log"
+    );
+    assert!(logs.contains("insert into t values (1, 'one'), (2, 'two'), (3, 'three')\r\n"));
     let query_events = app.events("db.query").await;
     assert!(
         query_events
