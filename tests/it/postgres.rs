@@ -690,8 +690,27 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
         put_secret(&serde_json::json!({"username": db.role, "password": "not-it"}).to_string())
             .await;
     let closed_port = free_port();
+    // An RDS IAM target: the broker signs a token with its (moto) keys; the
+    // SCRAM cluster is no RDS, so it refuses the token as a password.
+    let iam = format!(
+        r#"
+[[target]]
+name = "iam-dev"
+kind = "postgres"
+address = "{}"
+database = "{}"
+credential = {{ from = "rds-iam", db_user = "{}" }}
+tls = "verify-full"
+ca_file = "{}"
+tags = {{ env = "dev" }}
+"#,
+        db.address(),
+        db.database,
+        db.role,
+        required_env("PAM_TEST_PG_SCRAM_CA")
+    );
     let toml = format!(
-        "{}{}{}",
+        "{iam}{}{}{}",
         target("good-dev", &db, r#"env = "dev""#).await,
         target_with(
             "wrongpw-dev",
@@ -748,6 +767,17 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
         "{wrong_password:?}"
     );
     assert!(!wrong_password.message.contains("not-it"));
+
+    let iam_refused = refused(Wire::connect(&app, "bob@example.test", "iam-dev", &bob).await);
+    assert_eq!(iam_refused.code, "08006", "{iam_refused:?}");
+    assert!(
+        iam_refused.message.contains("28P01") && iam_refused.message.contains(&db.role),
+        "the database saw an RDS IAM login for the role: {iam_refused:?}"
+    );
+    assert!(
+        !iam_refused.message.contains("X-Amz"),
+        "the token is never shown"
+    );
 
     // psql says the same, and cleartext is refused outside --dev.
     let out = psql(
@@ -807,7 +837,7 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
         .into_iter()
         .filter(|e| e.outcome == "failure")
         .collect();
-    for target in ["down-dev", "wrongpw-dev", "nope"] {
+    for target in ["down-dev", "wrongpw-dev", "iam-dev", "nope"] {
         assert!(
             failed_starts
                 .iter()
@@ -817,6 +847,10 @@ async fn refusals_are_clear_postgres_errors_and_audited() {
     }
     let trail = whole_trail(&app).await;
     assert!(!trail.contains(&bob) && !trail.contains(&db.password));
+    assert!(
+        !trail.contains("X-Amz-Signature"),
+        "no RDS token in the trail"
+    );
 }
 
 #[tokio::test]
