@@ -49,7 +49,7 @@ DIRECT="host=127.0.0.1 port=$DB_PORT user=app dbname=appdb sslmode=require"
 PGPASSWORD=$APP_PW pgbench -q -i -s 1 "$DIRECT" >/dev/null 2>&1
 
 # The password in Secrets Manager (moto); the broker reads it, nobody else.
-export AWS_ENDPOINT_URL=$PAM_TEST_MOTO_URL AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL=$PAM_TEST_MOTO_URL AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 "$PAM_PEERS_DIR/venv/bin/aws" secretsmanager create-secret --name bench/app \
   --secret-string "{\"username\":\"app\",\"password\":\"$APP_PW\"}" >/dev/null
 
@@ -77,10 +77,6 @@ ca_file = "$PAM_TEST_PG_SCRAM_CA"
 tags = { env = "dev" }
 TOML
 export PAM_LOG=warn
-"$PAM" migrate --config "$RUN/pam.toml" >/dev/null
-"$PAM" admin breakglass add bench --config "$RUN/pam.toml" > "$RUN/breakglass.txt"
-BG_PASSWORD=$(awk '/password:/ {print $2}' "$RUN/breakglass.txt")
-BG_TOTP=$(awk '/TOTP secret:/ {print $3}' "$RUN/breakglass.txt")
 
 start_broker() { # [VAR=value...]
   if [ -n "$BROKER_PID" ]; then
@@ -106,7 +102,12 @@ print("%06d" % ((struct.unpack(">I", mac[o:o + 4])[0] & 0x7fffffff) % 1000000))
 PY
 }
 
+# The first start generates the keys; then a break-glass account to log in
+# with (no IdP needed here).
 start_broker
+"$PAM" admin breakglass add bench --config "$RUN/pam.toml" > "$RUN/breakglass.txt"
+BG_PASSWORD=$(awk '/password:/ {print $2}' "$RUN/breakglass.txt")
+BG_TOTP=$(awk '/TOTP secret:/ {print $3}' "$RUN/breakglass.txt")
 export PAM_HOME=$RUN/home
 PAM_BREAKGLASS_PASSWORD=$BG_PASSWORD PAM_BREAKGLASS_TOTP=$(totp "$BG_TOTP") \
   "$PAM" login --broker "http://127.0.0.1:$HTTP" --break-glass bench >/dev/null 2>&1

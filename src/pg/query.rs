@@ -338,6 +338,11 @@ impl Tracker {
         std::mem::take(&mut self.state.log)
     }
 
+    /// Query log bytes waiting for [`Tracker::take_log`].
+    pub fn log_len(&self) -> usize {
+        self.state.log.len()
+    }
+
     /// Bytes the client sent (before they are relayed).
     pub fn client(&mut self, data: &[u8]) -> Result<(), TrackError> {
         let state = &mut self.state;

@@ -10,6 +10,11 @@
 //! statements of this session are still uncommitted (0: before every
 //! `ReadyForQuery`), and for all of them before `session.end`. A failed
 //! append ends the session when the trail is fail-closed.
+//!
+//! The query log (every statement whole) is handed to its writer every
+//! half second or 64 KiB, and flushed by it every second, like terminal
+//! recordings: a crash loses at most the last second or two of the log,
+//! whose statements are in the (durable) `db.query` events anyway.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -31,6 +36,8 @@ use crate::sessions::{EndReason, Live, Notice};
 
 /// Read size per direction.
 const CHUNK: usize = 64 * 1024;
+/// Query log bytes handed to its writer at once (also every tick).
+const LOG_BATCH: usize = 64 * 1024;
 /// How long an ending session may take to reach a message boundary.
 const END_GRACE: Duration = Duration::from_secs(2);
 
@@ -172,6 +179,10 @@ pub async fn run(
                 }
                 _ = ticker.tick() => {
                     apply(&counters, live);
+                    let text = tracker.lock().map(|mut t| t.take_log()).unwrap_or_default();
+                    if !text.is_empty() {
+                        log.output(bytes::Bytes::from(text)).await;
+                    }
                 }
             }
         }
@@ -186,6 +197,10 @@ pub async fn run(
         .lock()
         .map(|mut t| t.unanswered())
         .unwrap_or_default();
+    let text = tracker.lock().map(|mut t| t.take_log()).unwrap_or_default();
+    if !text.is_empty() {
+        log.output(bytes::Bytes::from(text)).await;
+    }
     if let Err(e) = &outcome {
         let reason = match e {
             RelayError::Audit(e) => EndReason::Error(format!("{e}")),
@@ -280,10 +295,13 @@ where
                 .lock()
                 .map_err(|_| std::io::Error::other("tracker poisoned"))?;
             tracker.client(&buf[..n])?;
-            (tracker.terminated(), tracker.take_log())
+            // The query log is handed over in pieces of LOG_BATCH (and on
+            // every tick): one hand-off per statement cost more than the
+            // statement's audit event.
+            let text = (tracker.log_len() >= LOG_BATCH).then(|| tracker.take_log());
+            (tracker.terminated(), text)
         };
-        if !text.is_empty() {
-            // Logged before it reaches the database.
+        if let Some(text) = text {
             log.output(bytes::Bytes::from(text)).await;
         }
         write.write_all(&buf[..n]).await?;
