@@ -1038,3 +1038,46 @@ async fn pam_db_connect_tunnels_with_the_saved_login() {
         && e.actor.as_deref() == Some("bob@example.test")
         && e.target.as_deref() == Some("tunnel-dev")));
 }
+
+#[tokio::test]
+async fn gssapi_is_declined_tls_is_offered_and_unknown_cancel_keys_are_dropped() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn_with(Options {
+        env: aws_env(),
+        ..Options::default()
+    })
+    .await;
+    // The generated certificate's key is private to the broker.
+    let key = app.config.keys_dir().join("postgres-tls.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mut tcp = tokio::net::TcpStream::connect(app.postgres).await.unwrap();
+    let mut gss = 8i32.to_be_bytes().to_vec();
+    gss.extend_from_slice(&protocol::GSSENC_REQUEST.to_be_bytes());
+    tcp.write_all(&gss).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], b'N', "GSSAPI encryption is declined");
+    tcp.write_all(&protocol::ssl_request()).await.unwrap();
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], b'S', "then TLS is offered");
+
+    let mut cancel = tokio::net::TcpStream::connect(app.postgres).await.unwrap();
+    cancel
+        .write_all(&protocol::cancel_request(12345, &[1, 2, 3, 4]))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), cancel.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "no answer, just closed");
+    let dropped = eventually(Duration::from_secs(5), || async {
+        app.events("db.query")
+            .await
+            .iter()
+            .any(|e| e.outcome == "denied" && e.details.contains("unknown cancel key"))
+    })
+    .await;
+    assert!(dropped, "the unknown cancel key is audited");
+}
