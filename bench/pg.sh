@@ -145,4 +145,4 @@ row "connection setup, ms (pgbench -C)" "$d" "$b" "$(ratio "$b" "$d")"
 kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""
 # Every statement above is a db.query event in one hash chain; check it.
 "$PAM" audit verify --config "$RUN/pam.toml" --json |
-  python3 -c 'import json, sys; r = json.load(sys.stdin); print(f"audit trail: {r[\"events\"]} events, chain ok: {r[\"ok\"]}, verified in {r[\"elapsed_ms\"]} ms")'
+  python3 -c 'import json, sys; r = json.load(sys.stdin); print("audit trail: %d events, chain ok: %s, verified in %d ms" % (r["events"], r["ok"], r["elapsed_ms"]))'
