@@ -7,7 +7,7 @@
 #   PAM_TEST_PEERS_DIR      venv/ (moto, awscli) and node/ (oidc-provider, playwright-core, asciinema-player)
 #   PAM_TEST_MOTO_URL       http://127.0.0.1:PORT (moto server: STS, IAM, Secrets Manager, SSM, KMS)
 #   PAM_TEST_PG_SCRAM_URL   superuser URL of a PostgreSQL cluster that requires scram-sha-256 and offers TLS
-#   PAM_TEST_PG_SCRAM_CA    the cluster's (self-signed) TLS certificate
+#   PAM_TEST_PG_SCRAM_CA    the CA that signed the cluster's TLS certificate (verify-full)
 
 PEER_PIDS=()
 PG_SCRAM_DIR=""
@@ -91,9 +91,15 @@ _start_scram_pg() {
   PG_SCRAM_DIR=$d; PG_SCRAM_PORT=$port
   local as=(); [ "$(id -u)" = 0 ] && as=(runuser -u postgres --)
   mkdir -p "$d/sock"
-  openssl req -new -x509 -days 2 -nodes -subj "/CN=localhost" \
-    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    -newkey rsa:2048 -keyout "$d/server.key" -out "$d/server.crt" 2>/dev/null
+  # A CA and a server certificate it signs (a self-signed server certificate
+  # is CA:TRUE, which strict verifiers such as webpki refuse as a leaf).
+  openssl req -new -x509 -days 2 -nodes -subj "/CN=pam test CA" \
+    -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -new -nodes -subj "/CN=localhost" \
+    -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$d/server.ext"
+  openssl x509 -req -days 2 -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null
   chmod 600 "$d/server.key"
   local password; password=$(openssl rand -hex 16)
   printf '%s\n' "$password" > "$d/su.pw"
@@ -116,7 +122,7 @@ CONF
   "${as[@]}" "$PGBIN/pg_ctl" -D "$d/data" -l "$d/server.log" -w -t 30 start >/dev/null
   PEER_PIDS+=("$(head -1 "$d/data/postmaster.pid")")
   export PAM_TEST_PG_SCRAM_URL="postgres://postgres:$password@127.0.0.1:$port/postgres"
-  export PAM_TEST_PG_SCRAM_CA=$d/server.crt
+  export PAM_TEST_PG_SCRAM_CA=$d/ca.crt
 }
 
 peers_stop() {

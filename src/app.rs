@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{self, Audit};
+use crate::aws::Aws;
 use crate::config::Config;
 use crate::config::TargetConfig;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Engine, Gate};
 use crate::sessions::Sessions;
 use crate::store::{self, Db};
-use crate::{ssh, web};
+use crate::{pg, ssh, web};
 
 /// Where a started broker listens; sent to the caller once everything is up.
 #[derive(Debug, Clone)]
@@ -86,7 +87,6 @@ pub async fn run_with(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<Running>>,
 ) -> anyhow::Result<()> {
-    let _ = &env;
     let Listeners {
         http: http_listener,
         ssh: ssh_listener,
@@ -187,6 +187,11 @@ pub async fn run_with(
         None
     };
 
+    let postgres_public = config.postgres_public_addr(pg_listener.local_addr()?);
+    let pg_tls = pg::tls::server_config(&config, pg::tls::host_of(&postgres_public))
+        .context("TLS for the PostgreSQL listener")?;
+    let aws = Aws::load_with_env(&config.aws, &env).await;
+
     let running = Running {
         http: http_listener.local_addr()?,
         ssh: ssh_listener.local_addr()?,
@@ -196,9 +201,8 @@ pub async fn run_with(
     };
     let rooms = TaskTracker::new();
     let stop_rooms = shutdown.child_token();
-    let aws = crate::aws::Aws::load(&config.aws, &env).await;
     let aws_access = crate::aws::credentials::AwsAccess::new(
-        aws,
+        aws.clone(),
         gate.clone(),
         audit.clone(),
         metrics.clone(),
@@ -224,6 +228,30 @@ pub async fn run_with(
         "http",
         &failed,
         web::serve(http_listener, web_deps, stop_rooms.clone()),
+    );
+    spawn_room(
+        &rooms,
+        "postgres",
+        &failed,
+        pg::serve(
+            pg_listener,
+            pg::Deps {
+                identity: identity.clone(),
+                gate: gate.clone(),
+                sessions: sessions.clone(),
+                audit: audit.clone(),
+                aws,
+                targets: targets.clone(),
+                metrics: metrics.clone(),
+                tls: Some(pg_tls),
+                dev: config.dev,
+                db_params: config.audit.db_params,
+                audit_window: config.audit.db_window,
+                max_connections: config.server.max_connections,
+                recordings: config.recordings_dir(),
+            },
+            stop_rooms.clone(),
+        ),
     );
     rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
     rooms.spawn(
@@ -258,8 +286,6 @@ pub async fn run_with(
         &failed,
         ssh::serve(ssh_listener, ssh_deps, stop_rooms.clone()),
     );
-    // The PostgreSQL room holds its port until it lands.
-    let _held = pg_listener;
 
     tracing::info!(
         http = %running.http,

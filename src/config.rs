@@ -163,6 +163,11 @@ section! {
         retention_days: u32 = 400,
         /// Record bind parameter values of database queries.
         db_params: bool = false,
+        /// `db.query` events of one PostgreSQL session that may still be on
+        /// their way to the store when the client is told a statement is
+        /// done (`ReadyForQuery`); 0 waits for every commit first. All are
+        /// durable before `session.end`.
+        db_window: usize = 256,
         /// A signed checkpoint every this many events.
         checkpoint_every: u64 = 1000,
         /// And at least this often while events arrive.

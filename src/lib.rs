@@ -21,6 +21,7 @@ pub mod policy;
 pub mod sessions;
 pub mod store;
 
+pub mod pg;
 pub mod ssh;
 pub mod web;
 

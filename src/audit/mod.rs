@@ -76,6 +76,22 @@ pub fn start(
 }
 
 impl Audit {
+    /// Queues `event` for the writer and returns at once (waiting only
+    /// while the writer's queue is full). The caller decides when to wait
+    /// for durability with [`Pending::wait`]: hot paths keep appends off
+    /// their critical path and wait at their own commit points.
+    pub async fn submit(&self, event: AuditEvent) -> Result<Pending, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Message::Record(event, done))
+            .await
+            .map_err(|_| AuditError::ShuttingDown)?;
+        Ok(Pending {
+            wait: Some(wait),
+            fail_closed: self.fail_closed,
+        })
+    }
+
     /// Appends `event` and waits until it is durable. Returns its place in the chain.
     pub async fn record(&self, event: AuditEvent) -> Result<i64, AuditError> {
         let (done, wait) = oneshot::channel();
@@ -179,25 +195,41 @@ impl Audit {
     }
 }
 
-/// An audit record on its way to the store.
+/// An event handed to the writer whose commit has not been awaited yet
+/// ([`Audit::submit`], [`Audit::enqueue`]).
 pub struct Pending {
     wait: Option<oneshot::Receiver<Result<i64, AuditError>>>,
     fail_closed: bool,
 }
 
 impl Pending {
+    /// Waits until the event is durable (or could not be written).
+    pub async fn wait(self) -> Result<i64, AuditError> {
+        match self.wait {
+            Some(wait) => wait.await.map_err(|_| AuditError::ShuttingDown)?,
+            None => Err(AuditError::ShuttingDown),
+        }
+    }
+
+    /// The outcome if the writer has already committed (or failed) the
+    /// event's batch; `None` while it is in flight.
+    pub fn poll_done(&mut self) -> Option<Result<i64, AuditError>> {
+        match self.wait.as_mut() {
+            None => Some(Err(AuditError::ShuttingDown)),
+            Some(wait) => match wait.try_recv() {
+                Ok(result) => Some(result),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(AuditError::ShuttingDown)),
+            },
+        }
+    }
+
     /// Waits until the record is durable. Like [`Audit::gate`]: with a
     /// fail-open trail a lost record is logged, not returned.
     pub async fn confirm(self) -> Result<(), AuditError> {
-        let result = match self.wait {
-            Some(wait) => wait
-                .await
-                .map_err(|_| AuditError::ShuttingDown)
-                .and_then(|r| r.map(|_| ())),
-            None => Err(AuditError::ShuttingDown),
-        };
-        match result {
-            Err(e) if !self.fail_closed => {
+        let fail_closed = self.fail_closed;
+        match self.wait().await.map(|_| ()) {
+            Err(e) if !fail_closed => {
                 tracing::error!(error = %e, "audit record lost (audit.fail_closed = false)");
                 Ok(())
             }

@@ -10,6 +10,8 @@
 
 pub mod credentials;
 pub mod federation;
+pub mod rds;
+pub mod secrets;
 pub mod sts;
 
 use std::collections::HashMap;
@@ -32,6 +34,11 @@ impl Aws {
     /// Loads the standard credential chain and endpoint settings. `region`
     /// from `[aws]` wins over `AWS_REGION`; without either, us-east-1.
     pub async fn load(config: &AwsConfig, env: &HashMap<String, String>) -> Self {
+        Self::load_with_env(config, env).await
+    }
+
+    /// [`Aws::load`] (kept for callers that name the environment explicitly).
+    pub async fn load_with_env(config: &AwsConfig, env: &HashMap<String, String>) -> Self {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -56,6 +63,20 @@ impl Aws {
                 None,
                 "pam-environment",
             ));
+        }
+        // The all-services endpoint also goes into the shared config, so that
+        // clients made with `Client::new(aws.sdk())` use it too.
+        let global = config
+            .endpoint_url
+            .as_ref()
+            .map(|u| u.to_string().trim_end_matches('/').to_owned())
+            .or_else(|| {
+                env.get("AWS_ENDPOINT_URL")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+            });
+        if let Some(url) = &global {
+            loader = loader.endpoint_url(url.clone());
         }
         let mut sdk = loader.load().await;
         if sdk.region().is_none() {
@@ -99,6 +120,14 @@ impl Aws {
             .get(&service.to_ascii_lowercase())
             .or_else(|| self.endpoints.get(""))
             .map(String::as_str)
+    }
+
+    pub fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        let mut builder = aws_sdk_secretsmanager::config::Builder::from(&self.sdk);
+        if let Some(url) = self.endpoint("secretsmanager") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_secretsmanager::Client::from_conf(builder.build())
     }
 
     pub fn sts(&self) -> aws_sdk_sts::Client {

@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod aws;
 mod broker;
+mod db;
 mod home;
 mod login;
 mod policy;
@@ -94,6 +95,11 @@ enum Command {
     /// OpenSSH ProxyCommand for `ssh TARGET.pam` (see `pam config ssh`).
     #[command(hide = true)]
     SshProxy(ssh::ProxyArgs),
+    /// PostgreSQL through the broker.
+    Db {
+        #[command(subcommand)]
+        command: db::DbCommand,
+    },
     /// Broker administration (offline tools that use the broker's store).
     Admin {
         #[command(subcommand)]
@@ -218,6 +224,7 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
         Command::Logout => login::logout(env).await,
         Command::Status(args) => login::status(args, env).await,
         Command::Admin { command } => admin::run(command, env).await,
+        Command::Db { command } => db::run(command, env).await,
         Command::Policy { command } => policy::run(command, &env),
         Command::Ls(args) => policy::ls(args, env).await,
         Command::Ssh(args) => ssh::ssh(args, &env),

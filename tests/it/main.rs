@@ -8,6 +8,7 @@ mod aws;
 mod fleet;
 mod identity;
 mod policy;
+mod postgres;
 mod serve;
 pub(crate) mod ssh;
 mod tidy;

@@ -1,0 +1,181 @@
+//! Query cancellation. The broker gives each client its own
+//! `BackendKeyData`; a `CancelRequest` carrying it is forwarded to the
+//! right database with that server's key (over TLS when the target uses
+//! it). A request with an unknown or wrong key is dropped, as PostgreSQL
+//! does, and audited.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::protocol;
+use crate::audit::Audit;
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+
+/// Where and how to cancel a session's running statement.
+#[derive(Clone)]
+pub struct Upstream {
+    pub address: String,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    pub connect_timeout: Duration,
+    pub pid: i32,
+    pub key: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    key: [u8; 4],
+    upstream: Upstream,
+    session_id: String,
+    user: String,
+    target: String,
+}
+
+/// The broker's keys of live sessions.
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<i32, Entry>>,
+}
+
+/// Removes its session's key when dropped.
+pub struct Ticket<'a> {
+    registry: &'a Registry,
+    pub pid: i32,
+    pub key: [u8; 4],
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut entries) = self.registry.entries.lock() {
+            entries.remove(&self.pid);
+        }
+    }
+}
+
+impl Registry {
+    /// A fresh (pid, key) for a session, mapped to its upstream's.
+    pub fn register(
+        &self,
+        upstream: Upstream,
+        session_id: &str,
+        user: &str,
+        target: &str,
+    ) -> Ticket<'_> {
+        let mut rng = rand::thread_rng();
+        let key: [u8; 4] = rng.r#gen();
+        let mut entries = match self.entries.lock() {
+            Ok(entries) => entries,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let pid = loop {
+            let pid = rng.gen_range(1..i32::MAX);
+            if !entries.contains_key(&pid) {
+                break pid;
+            }
+        };
+        entries.insert(
+            pid,
+            Entry {
+                key,
+                upstream,
+                session_id: session_id.to_owned(),
+                user: user.to_owned(),
+                target: target.to_owned(),
+            },
+        );
+        Ticket {
+            registry: self,
+            pid,
+            key,
+        }
+    }
+
+    fn lookup(&self, pid: i32, key: &[u8]) -> Option<Entry> {
+        let entries = self.entries.lock().ok()?;
+        let entry = entries.get(&pid)?;
+        // Constant time in the key, like the server's own comparison.
+        let same = key.len() == entry.key.len()
+            && key
+                .iter()
+                .zip(entry.key.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same.then(|| entry.clone())
+    }
+
+    /// Handles a `CancelRequest`: forwards it, or drops it when the key is
+    /// not one of ours. Either way the client gets no answer.
+    pub async fn cancel(&self, audit: &Audit, pid: i32, key: &[u8], source: std::net::IpAddr) {
+        let Some(entry) = self.lookup(pid, key) else {
+            audit
+                .note(
+                    AuditEvent::new(EventKind::DbQuery, Outcome::Denied)
+                        .source_ip(Some(source))
+                        .details(json!({"cancel_request": true, "error": "unknown cancel key"})),
+                )
+                .await;
+            return;
+        };
+        let result = send(&entry.upstream).await;
+        let (outcome, error) = match &result {
+            Ok(()) => (Outcome::Success, None),
+            Err(e) => {
+                tracing::warn!(error = %e, session = %entry.session_id, "forwarding a cancel request failed");
+                (Outcome::Failure, Some(e.to_string()))
+            }
+        };
+        audit
+            .note(
+                AuditEvent::new(EventKind::DbQuery, outcome)
+                    .actor(&entry.user)
+                    .source_ip(Some(source))
+                    .target(&entry.target)
+                    .session(&entry.session_id)
+                    .details(json!({"cancel_request": true, "error": error})),
+            )
+            .await;
+    }
+}
+
+/// Sends a `CancelRequest` for `upstream`'s running statement.
+pub async fn send(upstream: &Upstream) -> std::io::Result<()> {
+    let request = protocol::cancel_request(upstream.pid, &upstream.key);
+    let work = async {
+        let mut tcp = TcpStream::connect(&upstream.address).await?;
+        match &upstream.tls {
+            None => {
+                tcp.write_all(&request).await?;
+                tcp.flush().await?;
+                // The server closes when done; wait for that briefly.
+                let mut byte = [0u8; 1];
+                let _ = tcp.read(&mut byte).await;
+            }
+            Some(config) => {
+                tcp.write_all(&protocol::ssl_request()).await?;
+                let mut answer = [0u8; 1];
+                tcp.read_exact(&mut answer).await?;
+                if answer[0] != b'S' {
+                    return Err(std::io::Error::other(
+                        "the server refused TLS for the cancel request",
+                    ));
+                }
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let mut tls = connector.connect(upstream.server_name.clone(), tcp).await?;
+                tls.write_all(&request).await?;
+                tls.flush().await?;
+                let mut byte = [0u8; 1];
+                let _ = tls.read(&mut byte).await;
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(upstream.connect_timeout, work)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+}

@@ -1,0 +1,636 @@
+//! The client side of a connection, up to the relay: TLS negotiation
+//! (GSSAPI encryption is declined), the startup packet, the broker token
+//! as a cleartext password over TLS, the token and user checks, the target
+//! named in `database`, the policy gate, the database login, and the
+//! session record. Every refusal is an `ErrorResponse` with its SQLSTATE,
+//! and is audited.
+//!
+//! `database` is `TARGET` (the target's configured database) or
+//! `TARGET/DBNAME` (another database on the same server). A reason for the
+//! policy gate is given with the startup parameter `pam.reason` or in
+//! `options` as `-c pam.reason=...` (PGOPTIONS); it is not passed on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, Severity, Startup};
+use super::{Room, STARTUP_TIMEOUT, Stream, relay, upstream};
+use crate::audit::recording;
+use crate::config::{PostgresTarget, TargetConfig, TargetKind};
+use crate::domain::audit::{AuditEvent, EventKind, Outcome, now_us};
+use crate::domain::policy::{Action, RequestContext, Resource};
+use crate::domain::principal::Principal;
+use crate::identity::AuthError;
+use crate::sessions::NewSession;
+
+/// A refusal told to the client as a FATAL `ErrorResponse`.
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Refusal {
+    fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            sqlstate,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        protocol::error_response(
+            Severity::Fatal,
+            self.sqlstate,
+            &self.message,
+            None,
+            self.hint.as_deref(),
+        )
+    }
+}
+
+/// What the client asked for in its startup packet.
+struct Request {
+    user: Option<String>,
+    target: String,
+    database: Option<String>,
+    reason: Option<String>,
+    application_name: Option<String>,
+    /// Passed on to the database.
+    params: Vec<(String, String)>,
+}
+
+/// Serves one client connection from accept to close.
+pub async fn handle(
+    room: Arc<Room>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let negotiated = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&room, Stream::Plain(socket), peer)) => negotiated,
+    };
+    let (mut stream, params) = match negotiated {
+        Err(_) => return Ok(()), // silent client: nothing to say
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok((_, Negotiated::Done))) => return Ok(()),
+        Ok(Ok((stream, Negotiated::Refused(refusal)))) => {
+            return refuse(stream, &refusal).await;
+        }
+        Ok(Ok((stream, Negotiated::Startup(params)))) => (stream, params),
+    };
+    let request = match parse_request(params) {
+        Ok(request) => request,
+        Err(refusal) => return refuse(stream, &refusal).await,
+    };
+    let login = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        authenticate(&room, &mut stream, peer, &request),
+    )
+    .await
+    .unwrap_or_else(|_| Err(Refusal::new("08006", "timed out waiting for the password")));
+    let (principal, target, pg) = match login {
+        Ok(found) => found,
+        Err(refusal) => return refuse(stream, &refusal).await,
+    };
+    tracing::Span::current().record("user", principal.email());
+    let database = request
+        .database
+        .clone()
+        .unwrap_or_else(|| pg.database.clone());
+    let connected = match room
+        .upstreams
+        .connect(&target.name, &pg, &database, &request.params)
+        .await
+    {
+        Ok(connected) => connected,
+        Err(e) => {
+            room.deps
+                .audit
+                .note(
+                    AuditEvent::new(EventKind::SessionStart, Outcome::Failure)
+                        .actor(principal.email())
+                        .source_ip(Some(peer.ip()))
+                        .target(&target.name)
+                        .details(json!({
+                            "kind": "postgres",
+                            "broker_session": principal.session_id,
+                            "database": database,
+                            "error": e.to_string(),
+                        })),
+                )
+                .await;
+            let refusal = Refusal::new(e.sqlstate(), format!("target {}: {e}", target.name));
+            return refuse(stream, &refusal).await;
+        }
+    };
+    let context = RequestContext {
+        source_ip: Some(peer.ip()),
+        reason: request.reason.clone(),
+        login: Some(connected.db_user.clone()),
+        ..RequestContext::default()
+    };
+    // The query log: every statement whole, hashed into session.end.
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let relative = recording::relative_path(&session_id, now_us());
+    let header = recording::Header {
+        width: 120,
+        height: 40,
+        timestamp: now_us() / 1_000_000,
+        title: format!("postgres {} ({database})", target.name),
+        term: None,
+        session_id: session_id.clone(),
+        user: principal.email().to_owned(),
+        target: target.name.clone(),
+    };
+    let (log, log_writer) =
+        match recording::Recorder::create(&room.deps.recordings, &relative, &header).await {
+            Ok(created) => created,
+            Err(e) => {
+                tracing::error!(error = %e, "creating the session's query log failed");
+                let refusal = Refusal::new("57P03", "the broker cannot record this session");
+                return refuse(stream, &refusal).await;
+            }
+        };
+    let opened = room
+        .deps
+        .sessions
+        .open_with_id(
+            session_id,
+            NewSession {
+                kind: "postgres",
+                principal: principal.clone(),
+                target: target.name.clone(),
+                login: Some(connected.db_user.clone()),
+                source_ip: Some(peer.ip()),
+                client: request.application_name.clone(),
+                action: Action::DbConnect,
+                resource: Resource::Target(target.to_ref()),
+                context,
+                recording: Some(relative.display().to_string()),
+                details: json!({
+                    "database": database,
+                    "db_user": connected.db_user,
+                    "address": pg.address,
+                    "tls": upstream::tls_mode(pg.tls),
+                    "client_tls": stream.is_tls(),
+                }),
+            },
+        )
+        .await;
+    let mut live = match opened {
+        Ok(live) => live,
+        Err(e) => {
+            drop(log);
+            let _ = log_writer.finish().await;
+            let refusal = Refusal::new("57P03", format!("refused: {e}"));
+            return refuse(stream, &refusal).await;
+        }
+    };
+    tracing::Span::current().record("session_id", live.id());
+    let ticket = room.cancels.register(
+        connected.cancel.clone(),
+        live.id(),
+        principal.email(),
+        &target.name,
+    );
+    let mut hello = protocol::authentication(0);
+    hello.extend_from_slice(&connected.parameter_status);
+    hello.extend_from_slice(&protocol::backend_key_data(ticket.pid, &ticket.key));
+    hello.extend_from_slice(&protocol::ready_for_query(connected.status));
+    let relayed = match stream.write_all(&hello).await {
+        Ok(()) => {
+            let _ = stream.flush().await;
+            let context = relay::Context {
+                audit: room.deps.audit.clone(),
+                actor: principal.email().to_owned(),
+                target: target.name.clone(),
+                session_id: live.id().to_owned(),
+                source_ip: peer.ip(),
+                window: room.deps.audit_window,
+                db_params: room.deps.db_params,
+                cancel: connected.cancel.clone(),
+            };
+            relay::run(stream, connected.stream, &mut live, context, log).await
+        }
+        Err(e) => {
+            drop(log);
+            live.end(crate::sessions::EndReason::Error(e.to_string()));
+            relay::Summary::default()
+        }
+    };
+    drop(ticket);
+    let finished = log_writer.finish().await;
+    if let Err(e) = &finished {
+        tracing::error!(error = %e, "writing the session's query log failed");
+    }
+    let finished = finished.ok();
+    live.finish(crate::sessions::Finish {
+        recording_sha256: finished.as_ref().map(|f| f.sha256.clone()),
+        details: json!({
+            "statements": relayed.statements,
+            "statements_failed": relayed.failed,
+            "audit_failures": relayed.audit_failures,
+            "query_log_bytes": finished.as_ref().map(|f| f.bytes),
+        }),
+        ..Default::default()
+    })
+    .await;
+    Ok(())
+}
+
+enum Negotiated {
+    Done,
+    Refused(Refusal),
+    Startup(Vec<(String, String)>),
+}
+
+/// SSL and GSS negotiation, cancel requests, and the startup packet.
+async fn negotiate(
+    room: &Room,
+    mut stream: Stream,
+    peer: SocketAddr,
+) -> anyhow::Result<(Stream, Negotiated)> {
+    loop {
+        let packet = read_startup(&mut stream).await?;
+        match packet {
+            Startup::Ssl => {
+                let Stream::Plain(mut tcp) = stream else {
+                    anyhow::bail!("SSLRequest inside TLS");
+                };
+                let Some(config) = room.deps.tls.clone() else {
+                    tcp.write_all(b"N").await?;
+                    stream = Stream::Plain(tcp);
+                    continue;
+                };
+                tcp.write_all(b"S").await?;
+                // Nothing was read past the SSLRequest, so no cleartext
+                // can be smuggled into the TLS session.
+                let tls = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(tcp)
+                    .await
+                    .context("TLS handshake with the client")?;
+                stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+            }
+            Startup::GssEnc => {
+                if stream.is_tls() {
+                    anyhow::bail!("GSSENCRequest inside TLS");
+                }
+                stream.write_all(b"N").await?;
+            }
+            Startup::Cancel { pid, key } => {
+                room.cancels
+                    .cancel(&room.deps.audit, pid, &key, peer.ip())
+                    .await;
+                return Ok((stream, Negotiated::Done));
+            }
+            Startup::Startup {
+                major,
+                minor,
+                params,
+            } => {
+                if major != 3 {
+                    let refusal = Refusal::new(
+                        "0A000",
+                        format!(
+                            "unsupported frontend protocol {major}.{minor}: the broker speaks 3.0"
+                        ),
+                    );
+                    return Ok((stream, Negotiated::Refused(refusal)));
+                }
+                if !(stream.is_tls() || room.deps.dev && peer.ip().is_loopback()) {
+                    let refusal = Refusal::new("28000", "the broker requires TLS")
+                        .hint("connect with sslmode=require (or use `pam db connect`)");
+                    return Ok((stream, Negotiated::Refused(refusal)));
+                }
+                let unrecognized: Vec<&str> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                if minor > 0 || !unrecognized.is_empty() {
+                    stream
+                        .write_all(&protocol::negotiate_protocol_version(0, &unrecognized))
+                        .await?;
+                }
+                return Ok((stream, Negotiated::Startup(params)));
+            }
+        }
+    }
+}
+
+async fn read_startup(stream: &mut Stream) -> anyhow::Result<Startup> {
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await?;
+    let len = i32::from_be_bytes(head);
+    if len < 8 || len as usize > protocol::MAX_STARTUP {
+        anyhow::bail!("invalid startup packet length {len}");
+    }
+    let mut packet = vec![0u8; len as usize];
+    packet[..4].copy_from_slice(&head);
+    stream.read_exact(&mut packet[4..]).await?;
+    match protocol::parse_startup(&packet)? {
+        Some((startup, _)) => Ok(startup),
+        None => anyhow::bail!("incomplete startup packet"),
+    }
+}
+
+fn parse_request(params: Vec<(String, String)>) -> Result<Request, Refusal> {
+    let mut request = Request {
+        user: None,
+        target: String::new(),
+        database: None,
+        reason: None,
+        application_name: None,
+        params: Vec::new(),
+    };
+    let mut database = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "user" => request.user = Some(value).filter(|v| !v.is_empty()),
+            "database" => database = Some(value),
+            "replication" if value != "false" && value != "off" && value != "0" => {
+                return Err(Refusal::new(
+                    "0A000",
+                    "replication connections are not brokered",
+                ));
+            }
+            "pam.reason" => request.reason = Some(value),
+            "options" => {
+                let (options, reason) = strip_reason(&value);
+                if reason.is_some() {
+                    request.reason = reason;
+                }
+                if !options.is_empty() {
+                    request.params.push((key, options));
+                }
+            }
+            k if k.starts_with("_pq_.") || k.starts_with("pam.") => {}
+            _ => {
+                if key == "application_name" {
+                    request.application_name = Some(value.clone());
+                }
+                request.params.push((key, value));
+            }
+        }
+    }
+    // libpq defaults the database to the user name: no target named.
+    let database = database
+        .filter(|d| !d.is_empty() && Some(d) != request.user.as_ref())
+        .ok_or_else(|| {
+            Refusal::new("3D000", "no target given").hint(
+                "set dbname to a PostgreSQL target: TARGET or TARGET/DBNAME (see `pam ls db`)",
+            )
+        })?;
+    match database.split_once('/') {
+        Some((target, db)) if !db.is_empty() => {
+            request.target = target.to_owned();
+            request.database = Some(db.to_owned());
+        }
+        Some((target, _)) => request.target = target.to_owned(),
+        None => request.target = database,
+    }
+    Ok(request)
+}
+
+/// `options` without `-c pam.reason=...` / `--pam.reason=...`, and the reason.
+fn strip_reason(options: &str) -> (String, Option<String>) {
+    let words: Vec<&str> = options.split_whitespace().collect();
+    let mut kept = Vec::new();
+    let mut reason = None;
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i];
+        if word == "-c"
+            && let Some(next) = words.get(i + 1)
+            && let Some(value) = next.strip_prefix("pam.reason=")
+        {
+            reason = Some(value.replace("\\ ", " "));
+            i += 2;
+            continue;
+        }
+        if let Some(value) = word
+            .strip_prefix("-cpam.reason=")
+            .or_else(|| word.strip_prefix("--pam.reason="))
+        {
+            reason = Some(value.to_owned());
+            i += 1;
+            continue;
+        }
+        kept.push(word);
+        i += 1;
+    }
+    (kept.join(" "), reason)
+}
+
+/// Password (the broker token), user, target and policy.
+async fn authenticate(
+    room: &Room,
+    stream: &mut Stream,
+    peer: SocketAddr,
+    request: &Request,
+) -> Result<(Principal, TargetConfig, PostgresTarget), Refusal> {
+    let audit = &room.deps.audit;
+    stream
+        .write_all(&protocol::authentication(3))
+        .await
+        .map_err(|_| Refusal::new("08006", "connection lost"))?;
+    stream
+        .flush()
+        .await
+        .map_err(|_| Refusal::new("08006", "connection lost"))?;
+    let (tag, body) = upstream::read_message(stream, 64 * 1024)
+        .await
+        .map_err(|_| Refusal::new("08006", "connection lost during authentication"))?;
+    if tag != b'p' {
+        return Err(Refusal::new("08P01", "expected a password message"));
+    }
+    let token = protocol::cstr(&body)
+        .and_then(|(token, _)| std::str::from_utf8(token).ok())
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let rejected = |reason: String| {
+        AuditEvent::new(EventKind::TokenRejected, Outcome::Denied)
+            .source_ip(Some(peer.ip()))
+            .target(&request.target)
+            .details(json!({
+                "room": "postgres",
+                "user": request.user,
+                "reason": reason,
+            }))
+    };
+    let principal = match room.deps.identity.authenticate(&token).await {
+        Ok(principal) => principal,
+        Err(e) => {
+            audit.note(rejected(e.to_string())).await;
+            let refusal = match e {
+                AuthError::Unavailable => {
+                    Refusal::new("57P03", "the broker's session store is unavailable")
+                }
+                AuthError::Missing => Refusal::new("28P01", "no broker token given")
+                    .hint("the password is the token from `pam login`"),
+                AuthError::Expired => Refusal::new("28P01", "the broker session has expired")
+                    .hint("run `pam login` and use the new token"),
+                AuthError::Revoked => {
+                    Refusal::new("28P01", "the broker session was revoked").hint("run `pam login`")
+                }
+                AuthError::Invalid => Refusal::new("28P01", "invalid broker token")
+                    .hint("the password is the token from `pam login` (~/.pam/token)"),
+            };
+            return Err(refusal);
+        }
+    };
+    if let Some(user) = &request.user
+        && !user.eq_ignore_ascii_case(principal.email())
+    {
+        audit
+            .note(rejected(format!(
+                "the token belongs to {}, not to the user named",
+                principal.email()
+            )))
+            .await;
+        return Err(Refusal::new(
+            "28000",
+            format!("user {user:?} does not match the broker session"),
+        )
+        .hint("set user to your email or leave it out"));
+    }
+    let found = room
+        .deps
+        .targets
+        .iter()
+        .find(|t| t.name == request.target)
+        .and_then(|t| match &t.kind {
+            TargetKind::Postgres(pg) => Some((t.clone(), pg.clone())),
+            _ => None,
+        });
+    let Some((target, pg)) = found else {
+        audit
+            .note(
+                AuditEvent::new(EventKind::SessionStart, Outcome::Failure)
+                    .actor(principal.email())
+                    .source_ip(Some(peer.ip()))
+                    .target(&request.target)
+                    .details(json!({"kind": "postgres", "error": "no such PostgreSQL target"})),
+            )
+            .await;
+        return Err(Refusal::new(
+            "3D000",
+            format!("no PostgreSQL target named {:?}", request.target),
+        )
+        .hint("`pam ls db` lists the targets you may use"));
+    };
+    let context = RequestContext {
+        source_ip: Some(peer.ip()),
+        reason: request.reason.clone(),
+        login: pg.db_user.clone(),
+        ..RequestContext::default()
+    };
+    if let Err(denied) = room
+        .deps
+        .gate
+        .check(
+            &principal.identity,
+            Some(&principal.session_id),
+            Action::DbConnect,
+            &Resource::Target(target.to_ref()),
+            &context,
+        )
+        .await
+    {
+        let mut refusal = Refusal::new(
+            "42501",
+            format!("access to {} denied: {}", target.name, denied.message),
+        );
+        if let Some(hint) = denied.hint {
+            refusal = refusal.hint(format!(
+                "{hint} (a reason goes in PGOPTIONS=\"-c pam.reason=...\")"
+            ));
+        }
+        return Err(refusal);
+    }
+    Ok((principal, target, pg))
+}
+
+async fn refuse(mut stream: Stream, refusal: &Refusal) -> anyhow::Result<()> {
+    let _ = stream.write_all(&refusal.encode()).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(params: &[(&str, &str)]) -> Result<Request, Refusal> {
+        parse_request(
+            params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn database_names_a_target_and_maybe_a_database() {
+        let r = request(&[("user", "a@x"), ("database", "orders")])
+            .ok()
+            .unwrap();
+        assert_eq!((r.target.as_str(), r.database), ("orders", None));
+        let r = request(&[("database", "orders/reports")]).ok().unwrap();
+        assert_eq!(
+            (r.target.as_str(), r.database.as_deref()),
+            ("orders", Some("reports"))
+        );
+        assert_eq!(
+            request(&[("user", "a@x"), ("database", "a@x")])
+                .err()
+                .unwrap()
+                .sqlstate,
+            "3D000"
+        );
+        assert_eq!(
+            request(&[("database", "x"), ("replication", "database")])
+                .err()
+                .unwrap()
+                .sqlstate,
+            "0A000"
+        );
+    }
+
+    #[test]
+    fn the_reason_is_taken_out_of_options() {
+        let r = request(&[
+            ("database", "orders"),
+            ("options", "-c search_path=app -c pam.reason=INC-42"),
+            ("application_name", "psql"),
+        ])
+        .ok()
+        .unwrap();
+        assert_eq!(r.reason.as_deref(), Some("INC-42"));
+        assert!(
+            r.params
+                .contains(&("options".into(), "-c search_path=app".into()))
+        );
+        assert!(
+            r.params
+                .contains(&("application_name".into(), "psql".into()))
+        );
+        assert_eq!(strip_reason("--pam.reason=x").1.as_deref(), Some("x"));
+    }
+}

@@ -1,0 +1,426 @@
+//! The database side: connects to a target (TLS per its `tls` mode), logs
+//! in as the broker's database user with SCRAM-SHA-256, MD5 or cleartext
+//! (a Secrets Manager password) or an RDS IAM token, and reads the server's
+//! parameters up to its first `ReadyForQuery`. Every step has a timeout.
+//!
+//! Credentials are cached briefly (a secret five minutes, an RDS token ten
+//! of its fifteen); when the database refuses a cached password it is read
+//! again once, so a rotated secret costs one retry, not an outage.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::protocol::{self, Auth, Backend};
+use super::{Stream, cancel, tls};
+use crate::aws::Aws;
+use crate::config::{Credential, PostgresTarget, TlsMode};
+
+const SECRET_TTL: Duration = Duration::from_secs(300);
+const IAM_TOKEN_TTL: Duration = Duration::from_secs(600);
+/// Largest message accepted from the server before the session starts.
+const MAX_STARTUP_MESSAGE: usize = 1 << 20;
+
+/// Why the broker could not open a database session. Messages name the
+/// target and the step, never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the target is misconfigured: {0}")]
+    Config(String),
+    #[error("the broker cannot get the database credential: {0}")]
+    Credential(String),
+    #[error("cannot reach the database at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error("TLS to the database failed: {0}")]
+    Tls(String),
+    #[error("the database refused the broker's login ({sqlstate}: {message})")]
+    Refused { sqlstate: String, message: String },
+    #[error("the database broke the protocol: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The SQLSTATE the client is told: `08006` (connection failure) for
+    /// every upstream problem. A refused database login is the broker's
+    /// credential, not the user's password, so it is not `28P01`.
+    pub fn sqlstate(&self) -> &'static str {
+        "08006"
+    }
+}
+
+/// A logged-in database connection, before its first query.
+pub struct Connected {
+    pub stream: Stream,
+    /// The server's `ParameterStatus` messages, as sent.
+    pub parameter_status: Vec<u8>,
+    /// Transaction status of the first `ReadyForQuery`.
+    pub status: u8,
+    pub cancel: cancel::Upstream,
+    pub db_user: String,
+    pub tls: bool,
+}
+
+/// A credential for one login.
+#[derive(Clone)]
+struct Login {
+    user: String,
+    password: SecretString,
+    cached: bool,
+}
+
+/// Connections to databases, with the credential and TLS caches.
+pub struct Upstreams {
+    aws: Aws,
+    credentials: Mutex<HashMap<String, (Instant, Login)>>,
+    tls: Mutex<HashMap<String, Option<Arc<rustls::ClientConfig>>>>,
+}
+
+impl Upstreams {
+    pub fn new(aws: Aws) -> Self {
+        Self {
+            aws,
+            credentials: Mutex::new(HashMap::new()),
+            tls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Logs in to `database` on the target named `name`, passing on the
+    /// client's session parameters.
+    pub async fn connect(
+        &self,
+        name: &str,
+        target: &PostgresTarget,
+        database: &str,
+        params: &[(String, String)],
+    ) -> Result<Connected, Error> {
+        let tls = self.tls_config(name, target)?;
+        let login = self.login(name, target, false).await?;
+        match self
+            .attempt(target, tls.clone(), database, params, &login)
+            .await
+        {
+            Err(Error::Refused { sqlstate, .. })
+                if login.cached && (sqlstate == "28P01" || sqlstate == "28000") =>
+            {
+                // Perhaps rotated: read the credential again, once.
+                let fresh = self.login(name, target, true).await?;
+                self.attempt(target, tls, database, params, &fresh).await
+            }
+            other => other,
+        }
+    }
+
+    fn tls_config(
+        &self,
+        name: &str,
+        target: &PostgresTarget,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
+        if let Ok(cache) = self.tls.lock()
+            && let Some(config) = cache.get(name)
+        {
+            return Ok(config.clone());
+        }
+        let config = tls::client_config(target).map_err(|e| Error::Config(format!("{e:#}")))?;
+        if let Ok(mut cache) = self.tls.lock() {
+            cache.insert(name.to_owned(), config.clone());
+        }
+        Ok(config)
+    }
+
+    async fn login(
+        &self,
+        name: &str,
+        target: &PostgresTarget,
+        fresh: bool,
+    ) -> Result<Login, Error> {
+        if !fresh
+            && let Ok(cache) = self.credentials.lock()
+            && let Some((at, login)) = cache.get(name)
+        {
+            let ttl = match target.credential {
+                Credential::RdsIam { .. } => IAM_TOKEN_TTL,
+                _ => SECRET_TTL,
+            };
+            if at.elapsed() < ttl {
+                return Ok(Login {
+                    cached: true,
+                    ..login.clone()
+                });
+            }
+        }
+        let timeout = target.connect_timeout.0;
+        let login = match &target.credential {
+            Credential::Secretsmanager { secret_id } => {
+                let secret = tokio::time::timeout(timeout, self.aws.db_credential(secret_id))
+                    .await
+                    .map_err(|_| {
+                        Error::Credential(format!("reading secret {secret_id:?} timed out"))
+                    })?
+                    .map_err(|e| Error::Credential(e.to_string()))?;
+                let user = target.db_user.clone().or(secret.username).ok_or_else(|| {
+                    Error::Config(format!(
+                        "set db_user: secret {secret_id:?} does not name a username"
+                    ))
+                })?;
+                Login {
+                    user,
+                    password: secret.password,
+                    cached: false,
+                }
+            }
+            Credential::RdsIam { db_user } => {
+                let host = tls::host_of(&target.address);
+                let port = port_of(&target.address)?;
+                let token =
+                    tokio::time::timeout(timeout, self.aws.rds_auth_token(host, port, db_user))
+                        .await
+                        .map_err(|_| {
+                            Error::Credential("signing the RDS IAM token timed out".into())
+                        })?
+                        .map_err(|e| Error::Credential(e.to_string()))?;
+                Login {
+                    user: db_user.clone(),
+                    password: token,
+                    cached: false,
+                }
+            }
+            Credential::BrokerCa => {
+                return Err(Error::Config(
+                    "postgres targets need credential secretsmanager or rds-iam".into(),
+                ));
+            }
+        };
+        if let Ok(mut cache) = self.credentials.lock() {
+            cache.insert(name.to_owned(), (Instant::now(), login.clone()));
+        }
+        Ok(login)
+    }
+
+    async fn attempt(
+        &self,
+        target: &PostgresTarget,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        database: &str,
+        params: &[(String, String)],
+        login: &Login,
+    ) -> Result<Connected, Error> {
+        let timeout = target.connect_timeout.0;
+        let address = target.address.clone();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&address))
+            .await
+            .map_err(|_| Error::Unreachable {
+                address: address.clone(),
+                reason: format!("no answer within {}", target.connect_timeout),
+            })?
+            .map_err(|e| Error::Unreachable {
+                address: address.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let server_name =
+            tls::server_name(&address).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let handshake = async {
+            let stream = match &tls {
+                None => Stream::Plain(tcp),
+                Some(config) => start_tls(tcp, config.clone(), server_name.clone()).await?,
+            };
+            login_on(stream, database, params, login).await
+        };
+        let (stream, parameter_status, status, pid, key) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| Error::Unreachable {
+                address: address.clone(),
+                reason: format!("the login did not finish within {}", target.connect_timeout),
+            })??;
+        Ok(Connected {
+            tls: stream.is_tls(),
+            stream,
+            parameter_status,
+            status,
+            cancel: cancel::Upstream {
+                address,
+                tls,
+                server_name,
+                connect_timeout: timeout,
+                pid,
+                key,
+            },
+            db_user: login.user.clone(),
+        })
+    }
+}
+
+async fn start_tls(
+    mut tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+) -> Result<Stream, Error> {
+    let io = |e: std::io::Error| Error::Tls(e.to_string());
+    tcp.write_all(&protocol::ssl_request()).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {}
+        b'N' => return Err(Error::Tls("the database does not offer TLS".into())),
+        _ => return Err(Error::Protocol("unexpected answer to SSLRequest".into())),
+    }
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls = connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
+}
+
+type LoggedIn = (Stream, Vec<u8>, u8, i32, Vec<u8>);
+
+async fn login_on(
+    mut stream: Stream,
+    database: &str,
+    params: &[(String, String)],
+    login: &Login,
+) -> Result<LoggedIn, Error> {
+    let io = |e: std::io::Error| Error::Unreachable {
+        address: "the database".into(),
+        reason: e.to_string(),
+    };
+    let mut startup: Vec<(&str, &str)> = vec![("user", &login.user), ("database", database)];
+    for (key, value) in params {
+        startup.push((key, value));
+    }
+    stream
+        .write_all(&protocol::startup_message(&startup))
+        .await
+        .map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let password = login.password.expose_secret().as_bytes();
+    let mut scram: Option<ScramSha256> = None;
+    let mut parameter_status = Vec::new();
+    let mut backend_key = None;
+    loop {
+        let (tag, body) = read_message(&mut stream, MAX_STARTUP_MESSAGE)
+            .await
+            .map_err(io)?;
+        let message =
+            protocol::parse_backend(tag, &body).map_err(|e| Error::Protocol(e.to_string()))?;
+        let reply = match message {
+            Backend::Authentication(Auth::Ok) => None,
+            Backend::Authentication(Auth::Cleartext) => Some(protocol::password_message(password)),
+            Backend::Authentication(Auth::Md5(salt)) => {
+                let hashed = postgres_protocol::authentication::md5_hash(
+                    login.user.as_bytes(),
+                    password,
+                    salt,
+                );
+                Some(protocol::password_message(hashed.as_bytes()))
+            }
+            Backend::Authentication(Auth::Sasl(mechanisms)) => {
+                if !mechanisms.iter().any(|m| *m == b"SCRAM-SHA-256") {
+                    return Err(Error::Protocol(
+                        "the database offers no SASL mechanism the broker supports".into(),
+                    ));
+                }
+                let client = ScramSha256::new(password, ChannelBinding::unsupported());
+                let first = protocol::sasl_initial_response("SCRAM-SHA-256", client.message());
+                scram = Some(client);
+                Some(first)
+            }
+            Backend::Authentication(Auth::SaslContinue(data)) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| Error::Protocol("SASL continue before SASL start".into()))?;
+                client
+                    .update(data)
+                    .map_err(|e| Error::Protocol(format!("SCRAM: {e}")))?;
+                Some(protocol::sasl_response(client.message()))
+            }
+            Backend::Authentication(Auth::SaslFinal(data)) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| Error::Protocol("SASL final before SASL start".into()))?;
+                // Verifies the server's signature: it knows the password too.
+                client
+                    .finish(data)
+                    .map_err(|e| Error::Protocol(format!("SCRAM server signature: {e}")))?;
+                None
+            }
+            Backend::Authentication(Auth::Other(code)) => {
+                return Err(Error::Protocol(format!(
+                    "unsupported authentication request {code}"
+                )));
+            }
+            Backend::ParameterStatus { .. } => {
+                parameter_status.push(tag);
+                parameter_status.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+                parameter_status.extend_from_slice(&body);
+                None
+            }
+            Backend::BackendKeyData { pid, key } => {
+                backend_key = Some((pid, key.to_vec()));
+                None
+            }
+            Backend::ReadyForQuery(status) => {
+                let (pid, key) = backend_key.unwrap_or((0, vec![0; 4]));
+                return Ok((stream, parameter_status, status, pid, key));
+            }
+            Backend::Error(fields) => {
+                return Err(Error::Refused {
+                    sqlstate: String::from_utf8_lossy(fields.code).into_owned(),
+                    message: String::from_utf8_lossy(fields.message).into_owned(),
+                });
+            }
+            Backend::NegotiateProtocolVersion { .. } | Backend::Notice(_) => None,
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "unexpected message {:?} during login",
+                    tag as char
+                )));
+            }
+        };
+        if let Some(reply) = reply {
+            stream.write_all(&reply).await.map_err(io)?;
+            stream.flush().await.map_err(io)?;
+        }
+    }
+}
+
+/// Reads one typed message (header and body).
+pub async fn read_message<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    max: usize,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).await?;
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if len < 4 || len as usize - 4 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("message length {len} out of range"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream.read_exact(&mut body).await?;
+    Ok((head[0], body))
+}
+
+fn port_of(address: &str) -> Result<u16, Error> {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .ok_or_else(|| Error::Config(format!("address {address:?} has no port")))
+}
+
+/// The TLS mode as audited.
+pub fn tls_mode(mode: TlsMode) -> &'static str {
+    match mode {
+        TlsMode::Disable => "disable",
+        TlsMode::Require => "require",
+        TlsMode::VerifyCa => "verify-ca",
+        TlsMode::VerifyFull => "verify-full",
+    }
+}
