@@ -18,6 +18,7 @@ pub mod aws;
 pub mod identity;
 pub mod keys;
 pub mod policy;
+pub mod ssm;
 pub mod store;
 
 pub mod web;
