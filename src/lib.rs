@@ -15,6 +15,7 @@ pub mod metrics;
 
 pub mod audit;
 pub mod aws;
+pub mod ecs;
 pub mod identity;
 pub mod keys;
 pub mod policy;
