@@ -4,6 +4,7 @@
 mod support;
 
 mod audit_trail;
+mod ecs_exec;
 mod identity;
 mod policy;
 mod serve;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_aws;
 pub mod peers;
 
 use std::collections::HashMap;
