@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::ssm::codec::{
@@ -45,8 +46,6 @@ use crate::ssm::{Error, Event, Info, Input, Options, Output, Session, SessionTyp
 pub(crate) enum Command {
     /// An input_stream_data frame; the engine assigns its sequence number.
     Stream(BytesMut),
-    /// Close the WebSocket and end the session.
-    Close,
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -76,6 +75,7 @@ pub(super) async fn connect(
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (events_tx, events_rx) = mpsc::channel(options.event_buffer.max(1));
     let (ready_tx, ready_rx) = oneshot::channel();
+    let closing = CancellationToken::new();
     let engine = Engine::new(
         url,
         socket,
@@ -83,6 +83,7 @@ pub(super) async fn connect(
         commands_rx,
         events_tx,
         ready_tx,
+        closing.clone(),
     );
     tokio::spawn(engine.run());
     // On timeout the handles are dropped here, which stops the engine.
@@ -95,6 +96,7 @@ pub(super) async fn connect(
     Ok(Session {
         input: Input {
             commands: commands_tx,
+            closing,
             cipher,
             info: info.clone(),
         },
@@ -218,6 +220,7 @@ enum Wake {
     Frame(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Reconnected(Result<Box<Socket>, Error>),
     Command(Option<Command>),
+    Close,
     Retransmit,
     Ping,
 }
@@ -243,6 +246,8 @@ struct Engine {
     reconnecting: Option<Reconnecting>,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
+    /// Cancelled by `Input::close`; works even when writers are blocked.
+    closing: CancellationToken,
     events: mpsc::Sender<Event>,
     pending: VecDeque<Event>,
     next_sequence: i64,
@@ -265,6 +270,7 @@ impl Engine {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         ready: Ready,
+        closing: CancellationToken,
     ) -> Engine {
         Engine {
             url,
@@ -274,6 +280,7 @@ impl Engine {
             reconnecting: None,
             commands,
             commands_open: true,
+            closing,
             events,
             pending: VecDeque::new(),
             next_sequence: 0,
@@ -318,6 +325,7 @@ impl Engine {
                 frame = next_frame(&mut self.socket), if reading => Wake::Frame(frame),
                 result = poll_reconnect(&mut self.reconnecting), if self.reconnecting.is_some() => Wake::Reconnected(result.map(Box::new)),
                 command = self.commands.recv(), if taking_commands => Wake::Command(command),
+                _ = self.closing.cancelled(), if !matches!(self.phase, Phase::Finished) => Wake::Close,
                 _ = tokio::time::sleep_until(retransmit_at.unwrap_or(far)), if retransmit_at.is_some() => Wake::Retransmit,
                 _ = tokio::time::sleep_until(self.next_ping), if self.socket.is_some() => Wake::Ping,
             };
@@ -346,7 +354,7 @@ impl Engine {
                     }
                 }
                 Wake::Command(Some(Command::Stream(frame))) => self.send_stream(frame).await,
-                Wake::Command(Some(Command::Close)) => self.close().await,
+                Wake::Close => self.close().await,
                 Wake::Command(None) => self.commands_open = false,
                 Wake::Retransmit => self.retransmit().await,
                 Wake::Ping => {
@@ -795,7 +803,11 @@ impl Engine {
         }
     }
 
+    /// Sends what writers queued before the close, then closes the socket.
     async fn close(&mut self) {
+        while let Ok(Command::Stream(frame)) = self.commands.try_recv() {
+            self.send_stream(frame).await;
+        }
         if let Some(mut socket) = self.socket.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
         }

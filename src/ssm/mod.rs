@@ -59,6 +59,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::ssm::codec::{Flag, Header, MessageType, PayloadType, SizeData};
@@ -202,6 +203,7 @@ pub struct Session {
 #[derive(Clone)]
 pub struct Input {
     commands: mpsc::Sender<channel::Command>,
+    closing: CancellationToken,
     cipher: Option<Arc<Cipher>>,
     info: Arc<Info>,
 }
@@ -365,9 +367,11 @@ impl Input {
             .await
     }
 
-    /// Closes the WebSocket (see [`Session::close`]).
+    /// Closes the WebSocket (see [`Session::close`]) after sending what
+    /// was queued; the reader then gets `Closed(None)`. Works even while
+    /// writers wait for acknowledgements.
     pub async fn close(&self) {
-        let _ = self.commands.send(channel::Command::Close).await;
+        self.closing.cancel();
     }
 
     /// An Output frame of `parts` (encrypted if the session is), ready for

@@ -178,7 +178,9 @@ impl Tunnel {
     /// caller should also call `ssm:TerminateSession`.
     pub async fn close(&self) {
         if self.input.info().agent_newer_than("2.3.722.0") {
-            let _ = self.input.send_flag(Flag::TerminateSession).await;
+            // Bounded: a stalled agent must not keep the tunnel open.
+            let flag = self.input.send_flag(Flag::TerminateSession);
+            let _ = tokio::time::timeout(Duration::from_secs(1), flag).await;
         }
         self.input.close().await;
     }

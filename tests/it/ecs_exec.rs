@@ -553,6 +553,34 @@ async fn unacknowledged_messages_fail_the_session_after_the_resend_bound() {
 }
 
 #[tokio::test]
+async fn close_works_while_writers_wait_for_acks() {
+    let fake = fake().await;
+    let plan = Plan {
+        strict_duplicates: true,
+        faults: Faults {
+            drop_acks_every: 1,
+            ..Faults::default()
+        },
+        ..Plan::default()
+    };
+    let mut session = echo_session(&fake, "s-close", plan, |o| o.max_unacked = 4).await;
+    let input = session.input().clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..100 {
+            if input.send_input(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!writer.is_finished(), "the writer waits for acks");
+    session.close().await;
+    let (_, _, end) = drain(&mut session).await;
+    assert_eq!(end, "closed: None");
+    tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_stalled_reader_loses_nothing() {
     let fake = fake().await;
     let mut session = echo_session(&fake, "s-stall", Plan::default(), |_| {}).await;
