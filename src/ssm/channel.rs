@@ -426,10 +426,16 @@ impl Engine {
     }
 
     fn on_ack(&mut self, message: &ClientMessage) {
-        let Ok(ack) = message.json::<codec::AcknowledgeContent>("acknowledge") else {
+        // Only the sequence number matters (as in the plugin); parsing just
+        // that allocates nothing.
+        #[derive(serde::Deserialize)]
+        struct Acknowledged {
+            #[serde(rename = "AcknowledgedMessageSequenceNumber")]
+            sequence: i64,
+        }
+        let Ok(Acknowledged { sequence }) = message.json("acknowledge") else {
             return;
         };
-        let sequence = ack.acknowledged_message_sequence_number;
         if let Some(index) = self.unacked.iter().position(|u| u.sequence == sequence)
             && let Some(acked) = self.unacked.remove(index)
             && acked.attempts == 0

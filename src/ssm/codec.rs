@@ -180,7 +180,17 @@ pub fn decode(frame: Bytes) -> Result<ClientMessage, Error> {
 /// framing without copying twice).
 pub fn encode(header: &Header, payload: &[&[u8]]) -> BytesMut {
     let length: usize = payload.iter().map(|part| part.len()).sum();
-    let mut frame = BytesMut::with_capacity(HEADER_SIZE + length);
+    encode_with(header, length, |frame| {
+        for part in payload {
+            frame.put_slice(part);
+        }
+    })
+}
+
+/// Builds a frame whose payload `write` appends in place (JSON payloads are
+/// serialized straight into the frame). `capacity` is a size hint.
+fn encode_with(header: &Header, capacity: usize, write: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    let mut frame = BytesMut::with_capacity(HEADER_SIZE + capacity);
     frame.put_u32(HEADER_LENGTH);
     let name = header.message_type.as_str().as_bytes();
     let name = &name[..name.len().min(MESSAGE_TYPE_SIZE)];
@@ -193,17 +203,16 @@ pub fn encode(header: &Header, payload: &[&[u8]]) -> BytesMut {
     let id = header.message_id.as_bytes();
     frame.put_slice(&id[8..16]);
     frame.put_slice(&id[0..8]);
-    let mut digest = Sha256::new();
-    for part in payload {
-        digest.update(part);
-    }
-    frame.put_slice(&digest.finalize());
+    // Digest and length are filled in once the payload is there.
+    frame.put_bytes(0, 32);
     frame.put_u32(u32::from(header.payload_type));
+    frame.put_u32(0);
+    write(&mut frame);
+    let digest = Sha256::digest(&frame[HEADER_SIZE..]);
+    frame[OFFSET_PAYLOAD_DIGEST..OFFSET_PAYLOAD_TYPE].copy_from_slice(&digest);
     // A payload over 4 GiB cannot be framed; stream payloads are 1 KiB.
-    frame.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
-    for part in payload {
-        frame.put_slice(part);
-    }
+    let length = u32::try_from(frame.len() - HEADER_SIZE).unwrap_or(u32::MAX);
+    frame[OFFSET_PAYLOAD_LENGTH..HEADER_SIZE].copy_from_slice(&length.to_be_bytes());
     frame
 }
 
@@ -225,15 +234,26 @@ pub fn now_millis() -> u64 {
     u64::try_from(millis).unwrap_or(u64::MAX).max(1)
 }
 
-/// Builds the acknowledge frame for a received stream message.
+/// Builds the acknowledge frame for a received stream message (one
+/// allocation: the JSON is written into the frame).
 pub fn encode_ack(acknowledged: &ClientMessage) -> Bytes {
-    let content = AcknowledgeContent {
-        acknowledged_message_type: acknowledged.message_type.as_str().to_owned(),
-        acknowledged_message_id: acknowledged.message_id.hyphenated().to_string(),
-        acknowledged_message_sequence_number: acknowledged.sequence_number,
+    #[derive(Serialize)]
+    struct Content<'a> {
+        #[serde(rename = "AcknowledgedMessageType")]
+        message_type: &'a str,
+        #[serde(rename = "AcknowledgedMessageId")]
+        message_id: Uuid,
+        #[serde(rename = "AcknowledgedMessageSequenceNumber")]
+        sequence_number: i64,
+        #[serde(rename = "IsSequentialMessage")]
+        is_sequential_message: bool,
+    }
+    let content = Content {
+        message_type: acknowledged.message_type.as_str(),
+        message_id: acknowledged.message_id,
+        sequence_number: acknowledged.sequence_number,
         is_sequential_message: true,
     };
-    let payload = serde_json::to_vec(&content).expect("an acknowledge serializes");
     let header = Header {
         message_type: MessageType::Acknowledge,
         created_date: now_millis(),
@@ -242,7 +262,10 @@ pub fn encode_ack(acknowledged: &ClientMessage) -> Bytes {
         message_id: Uuid::new_v4(),
         payload_type: PayloadType::Undefined,
     };
-    encode(&header, &[&payload]).freeze()
+    encode_with(&header, 160, |frame| {
+        serde_json::to_writer(frame.writer(), &content).expect("an acknowledge serializes");
+    })
+    .freeze()
 }
 
 impl ClientMessage {

@@ -96,6 +96,12 @@ struct Entry {
 impl Tunnel {
     /// Takes over a connected session whose agent chose the Port type.
     pub fn new(session: Session) -> Result<Tunnel, Error> {
+        Self::with_keepalive(session, KEEPALIVE)
+    }
+
+    /// [`Tunnel::new`] with another smux keepalive interval (the plugin's is
+    /// 10 s; agents newer than 3.1.1511.0 get none).
+    pub fn with_keepalive(session: Session, keepalive_interval: Duration) -> Result<Tunnel, Error> {
         if session.info().session_type != SessionType::Port {
             return Err(Error::SessionType(
                 session.info().session_type.as_str().to_owned(),
@@ -123,7 +129,7 @@ impl Tunnel {
             early: VecDeque::new(),
             opened_once: false,
         };
-        tokio::spawn(task.run(keepalive));
+        tokio::spawn(task.run(keepalive.then_some(keepalive_interval)));
         Ok(Tunnel {
             mode,
             input,
@@ -366,8 +372,8 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, keepalive: bool) {
-        let mut ticker = tokio::time::interval(KEEPALIVE);
+    async fn run(mut self, keepalive: Option<Duration>) {
+        let mut ticker = tokio::time::interval(keepalive.unwrap_or(KEEPALIVE));
         ticker.reset();
         let reason = loop {
             if !self.requests_open {
@@ -406,7 +412,7 @@ impl Task {
                         None => self.requests_open = false,
                     }
                 }
-                _ = ticker.tick(), if keepalive => {
+                _ = ticker.tick(), if keepalive.is_some() => {
                     if let Ok(frame) = self.input.output_frame(&[&smux::header(smux::Command::Nop, 0, 0)]) {
                         let _ = self.input.send_frame(frame).await;
                     }

@@ -1041,6 +1041,35 @@ async fn a_refused_destination_is_reported_on_the_stream() {
 }
 
 #[tokio::test]
+async fn smux_keepalives_go_to_agents_that_want_them() {
+    let fake = fake().await;
+    let echo = echo_server().await;
+    for (version, wants) in [("3.1.1511.0", true), ("3.1.1512.0", false)] {
+        let id = format!("s-nop-{version}");
+        fake.set_plan(Plan {
+            agent_version: version.into(),
+            properties: serde_json::json!({"portNumber": echo.port().to_string(), "type": "LocalPortForwarding"}),
+            ..Plan::default()
+        });
+        let app = App::Port {
+            target: echo.to_string(),
+            mux: true,
+        };
+        let (url, token) = fake.create_session(&id, "i-1", app, "Port");
+        let session = Session::connect(&url, &SecretString::from(token), options(&id))
+            .await
+            .unwrap();
+        let tunnel = ssm::port::Tunnel::with_keepalive(session, Duration::from_millis(50)).unwrap();
+        assert_eq!(tunnel.mode(), ssm::port::Mode::Mux);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let nops = fake.stats(&id).nops;
+        assert_eq!(nops > 2, wants, "agent {version}: {nops} NOPs");
+        tunnel.close().await;
+        assert!(tunnel.closed().await.contains("closed"));
+    }
+}
+
+#[tokio::test]
 async fn a_port_route_needs_a_port_session() {
     let fake = fake().await;
     fake.set_plan(Plan {

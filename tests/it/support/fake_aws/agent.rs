@@ -220,7 +220,7 @@ impl Agent {
         self.phase = Phase::Running;
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (out_tx, out_rx) = mpsc::channel(64);
-        apps::spawn(self.setup.app.clone(), in_rx, out_tx);
+        apps::spawn(self.setup.app.clone(), in_rx, out_tx, self.stats.clone());
         self.app_in = Some(in_tx);
         self.app_out = Some(out_rx);
     }

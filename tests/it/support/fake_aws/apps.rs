@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::wire;
+use super::{Stats, wire};
 
 /// Agent → app.
 #[derive(Debug)]
@@ -41,7 +41,12 @@ pub enum App {
     Port { target: String, mux: bool },
 }
 
-pub fn spawn(app: App, input: mpsc::Receiver<AppIn>, output: mpsc::Sender<AppOut>) {
+pub fn spawn(
+    app: App,
+    input: mpsc::Receiver<AppIn>,
+    output: mpsc::Sender<AppOut>,
+    stats: Arc<Mutex<Stats>>,
+) {
     match app {
         App::Shell(argv) => {
             tokio::spawn(shell(argv, input, output));
@@ -53,7 +58,7 @@ pub fn spawn(app: App, input: mpsc::Receiver<AppIn>, output: mpsc::Sender<AppOut
             tokio::spawn(basic_port(target, input, output));
         }
         App::Port { target, mux: true } => {
-            tokio::spawn(mux_port(target, input, output));
+            tokio::spawn(mux_port(target, input, output, stats));
         }
     }
 }
@@ -220,7 +225,12 @@ async fn connect_basic(
 }
 
 /// The agent's smux v1 server: each SYN dials the target.
-async fn mux_port(target: String, mut input: mpsc::Receiver<AppIn>, output: mpsc::Sender<AppOut>) {
+async fn mux_port(
+    target: String,
+    mut input: mpsc::Receiver<AppIn>,
+    output: mpsc::Sender<AppOut>,
+    stats: Arc<Mutex<Stats>>,
+) {
     // Frames from every stream go into one byte stream, cut into 1 KiB
     // messages without regard for frame boundaries, as the agent does.
     let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(256);
@@ -268,6 +278,7 @@ async fn mux_port(target: String, mut input: mpsc::Receiver<AppIn>, output: mpsc
                                 let _ = tx.send(Some(data)).await;
                             }
                         }
+                        3 => stats.lock().unwrap().nops += 1,
                         _ => {}
                     }
                 }

@@ -102,6 +102,8 @@ pub struct Stats {
     pub input: Recorded,
     pub sizes: Vec<(u32, u32)>,
     pub flags: Vec<u32>,
+    /// smux NOP frames from the client.
+    pub nops: u32,
     pub exit_status: Option<i32>,
     pub terminated: bool,
     pub closed: bool,
