@@ -33,6 +33,7 @@
 //! Policy, recording and audit stay with the caller.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::future::BoxFuture;
 use secrecy::SecretString;
@@ -115,12 +116,20 @@ pub struct Port {
 }
 
 /// Ends a session from anywhere (a kill switch, a policy change):
-/// `ssm:TerminateSession` and the WebSocket closed. Cheap to clone.
+/// `ssm:TerminateSession` and the WebSocket closed. Cheap to clone. When the
+/// last clone is dropped without [`Terminator::terminate`] having run (a
+/// caller that returned early or panicked), the session is terminated in the
+/// background, so no session outlives its broker-side owner.
 #[derive(Clone)]
 pub struct Terminator {
+    inner: Arc<TerminatorInner>,
+}
+
+struct TerminatorInner {
     aws: Aws,
     session_id: String,
     input: Input,
+    terminated: AtomicBool,
 }
 
 /// Opens a shell in `target`'s container running `command` (or the target's
@@ -167,11 +176,7 @@ pub async fn open_with(
     tune(&mut options);
     let session = connect(aws, &started, options).await?;
     let info = session.info().clone();
-    let terminator = Terminator {
-        aws: aws.clone(),
-        session_id: started.session_id.clone(),
-        input: session.input().clone(),
-    };
+    let terminator = Terminator::new(aws, &started.session_id, session.input());
     if !info.session_type.is_shell() {
         terminator.terminate().await;
         return Err(Error::SessionType {
@@ -222,11 +227,7 @@ pub async fn open_port_with(
     tune(&mut options);
     let session = connect(aws, &started, options).await?;
     let info = session.info().clone();
-    let terminator = Terminator {
-        aws: aws.clone(),
-        session_id: started.session_id.clone(),
-        input: session.input().clone(),
-    };
+    let terminator = Terminator::new(aws, &started.session_id, session.input());
     let tunnel = match Tunnel::new(session) {
         Ok(tunnel) => tunnel,
         Err(_) => {
@@ -324,21 +325,54 @@ impl Port {
 }
 
 impl Terminator {
+    fn new(aws: &Aws, session_id: &str, input: &Input) -> Terminator {
+        Terminator {
+            inner: Arc::new(TerminatorInner {
+                aws: aws.clone(),
+                session_id: session_id.to_owned(),
+                input: input.clone(),
+                terminated: AtomicBool::new(false),
+            }),
+        }
+    }
+
     pub fn session_id(&self) -> &str {
-        &self.session_id
+        &self.inner.session_id
     }
 
     /// Best effort: a failure is logged, the socket is closed regardless.
     pub async fn terminate(&self) {
         if let Err(e) = self.terminate_checked().await {
-            tracing::warn!(session_id = %self.session_id, error = %e, "terminating an SSM session");
+            tracing::warn!(session_id = %self.inner.session_id, error = %e, "terminating an SSM session");
         }
     }
 
     async fn terminate_checked(&self) -> Result<(), Error> {
-        let result = crate::aws::ssm::terminate_session(&self.aws, &self.session_id).await;
-        self.input.close().await;
+        if self.inner.terminated.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let result =
+            crate::aws::ssm::terminate_session(&self.inner.aws, &self.inner.session_id).await;
+        self.inner.input.close().await;
         Ok(result?)
+    }
+}
+
+impl Drop for TerminatorInner {
+    fn drop(&mut self) {
+        if self.terminated.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let aws = self.aws.clone();
+        let session_id = std::mem::take(&mut self.session_id);
+        runtime.spawn(async move {
+            if let Err(e) = crate::aws::ssm::terminate_session(&aws, &session_id).await {
+                tracing::warn!(%session_id, error = %e, "terminating an abandoned SSM session");
+            }
+        });
     }
 }
 

@@ -343,6 +343,40 @@ async fn close_terminates_the_session_and_channel_closed_carries_its_message() {
 }
 
 #[tokio::test]
+async fn an_abandoned_shell_is_terminated() {
+    let fake = fake().await;
+    let shell = ecs::open(&target(), &fake.aws(), None, (80, 24))
+        .await
+        .unwrap();
+    let session_id = shell.meta().session_id.clone();
+    let (session, terminator) = shell.into_session();
+    drop(session);
+    assert!(
+        fake.calls("TerminateSession").is_empty(),
+        "the terminator still owns it"
+    );
+    drop(terminator);
+    assert!(
+        crate::support::eventually(WAIT, || async { fake.calls("TerminateSession").len() == 1 })
+            .await
+    );
+    assert_eq!(
+        fake.calls("TerminateSession")[0]["SessionId"],
+        session_id.as_str()
+    );
+    // Closed sessions are not terminated twice.
+    let shell = ecs::open(&target(), &fake.aws(), None, (80, 24))
+        .await
+        .unwrap();
+    let terminator = shell.terminator();
+    shell.close().await.unwrap();
+    terminator.terminate().await;
+    drop(terminator);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fake.calls("TerminateSession").len(), 2);
+}
+
+#[tokio::test]
 async fn lost_duplicated_reordered_and_corrupted_messages_are_recovered() {
     let fake = fake().await;
     let plan = Plan {
