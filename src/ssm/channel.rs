@@ -53,8 +53,13 @@ type Reconnecting = Pin<Box<dyn Future<Output = Result<Socket, Error>> + Send>>;
 type Ready = oneshot::Sender<Result<(Info, Option<Arc<Cipher>>), Error>>;
 
 const COMMAND_QUEUE: usize = 32;
-/// Largest WebSocket message accepted; data-channel messages are ~1 KiB.
-const MAX_MESSAGE: usize = 1 << 20;
+/// Largest WebSocket message accepted. Agents send at most 1 KiB of payload
+/// per message; the bound keeps the out-of-order buffer small too.
+const MAX_MESSAGE: usize = 256 << 10;
+/// Resends are at least this far apart, like the plugin's 100 ms resend
+/// tick, so `resend_max_attempts` = 3000 still means about 5 minutes even
+/// when the RTO is a few milliseconds.
+const MIN_RESEND_INTERVAL: Duration = Duration::from_millis(100);
 const RECONNECT_BASE: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
@@ -315,7 +320,14 @@ impl Engine {
             // active, and the socket being read (a slow consumer holds acks
             // back in the socket, and they must not count as lost).
             let retransmit_at = match self.unacked.front() {
-                Some(oldest) if reading && !self.paused => Some(oldest.last_sent + self.rtt.rto()),
+                Some(oldest) if reading && !self.paused => {
+                    let wait = if oldest.attempts == 0 {
+                        self.rtt.rto()
+                    } else {
+                        self.rtt.rto().max(MIN_RESEND_INTERVAL)
+                    };
+                    Some(oldest.last_sent + wait)
+                }
                 _ => None,
             };
             let far = Instant::now() + Duration::from_secs(86_400);
