@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +60,8 @@ const MAX_MESSAGE: usize = 256 << 10;
 /// tick, so `resend_max_attempts` = 3000 still means about 5 minutes even
 /// when the RTO is a few milliseconds.
 const MIN_RESEND_INTERVAL: Duration = Duration::from_millis(100);
+/// Messages already buffered in the socket handled in one turn of the loop.
+const BATCH: usize = 64;
 const RECONNECT_BASE: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
@@ -130,7 +132,7 @@ async fn open_socket(url: &Url, token: &SecretString, options: &Options) -> Resu
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
-        .write_buffer_size(0);
+        .write_buffer_size(64 << 10);
     let connecting = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(config),
@@ -265,6 +267,8 @@ struct Engine {
     phase: Phase,
     cipher: Option<Arc<Cipher>>,
     next_ping: Instant,
+    /// Messages were queued on the socket since the last flush.
+    unflushed: bool,
 }
 
 impl Engine {
@@ -302,6 +306,7 @@ impl Engine {
                 kms_key_id: None,
             },
             cipher: None,
+            unflushed: false,
         }
     }
 
@@ -310,9 +315,7 @@ impl Engine {
             if matches!(self.phase, Phase::Finished) && self.pending.is_empty() {
                 break;
             }
-            let reading = self.socket.is_some()
-                && !matches!(self.phase, Phase::Finished)
-                && self.pending.len() < self.options.event_buffer.max(1);
+            let reading = self.reading();
             let taking_commands = self.commands_open
                 && matches!(self.phase, Phase::Open)
                 && self.unacked.len() < self.options.max_unacked.max(1);
@@ -349,15 +352,23 @@ impl Engine {
                         permit.send(event);
                     }
                 }
-                Wake::Frame(Some(Ok(Message::Binary(data)))) => self.on_frame(data).await,
-                Wake::Frame(Some(Ok(Message::Text(text)))) => {
-                    self.on_frame(Bytes::from(text)).await
+                Wake::Frame(message) => {
+                    self.on_message(message).await;
+                    // Take what is already buffered too, so that a burst is
+                    // acknowledged with one write instead of one per message.
+                    for _ in 0..BATCH {
+                        if !self.reading() {
+                            break;
+                        }
+                        let Some(socket) = &mut self.socket else {
+                            break;
+                        };
+                        match socket.next().now_or_never() {
+                            Some(message) => self.on_message(message).await,
+                            None => break,
+                        }
+                    }
                 }
-                Wake::Frame(Some(Ok(Message::Close(_))) | None) => {
-                    self.lost("the service closed the connection".to_owned());
-                }
-                Wake::Frame(Some(Ok(_))) => {}
-                Wake::Frame(Some(Err(e))) => self.lost(e.to_string()),
                 Wake::Reconnected(result) => {
                     self.reconnecting = None;
                     match result {
@@ -374,6 +385,9 @@ impl Engine {
                     self.write(Message::Ping(Bytes::from_static(b"keepalive")))
                         .await;
                 }
+            }
+            if self.unflushed {
+                self.flush().await;
             }
         }
         if let Some(mut socket) = self.socket.take() {
@@ -759,13 +773,47 @@ impl Engine {
         self.write(Message::Binary(frame)).await;
     }
 
+    /// Queues a message on the socket; [`Engine::flush`] at the end of each
+    /// turn of the loop writes everything queued in one go.
     async fn write(&mut self, message: Message) {
         let Some(socket) = &mut self.socket else {
             // Reconnecting: stream frames wait in `unacked` and go out after.
             return;
         };
-        if let Err(e) = socket.send(message).await {
+        match socket.feed(message).await {
+            Ok(()) => self.unflushed = true,
+            Err(e) => self.lost(e.to_string()),
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.unflushed = false;
+        let Some(socket) = &mut self.socket else {
+            return;
+        };
+        if let Err(e) = socket.flush().await {
             self.lost(e.to_string());
+        }
+    }
+
+    fn reading(&self) -> bool {
+        self.socket.is_some()
+            && !matches!(self.phase, Phase::Finished)
+            && self.pending.len() < self.options.event_buffer.max(1)
+    }
+
+    async fn on_message(
+        &mut self,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) {
+        match message {
+            Some(Ok(Message::Binary(data))) => self.on_frame(data).await,
+            Some(Ok(Message::Text(text))) => self.on_frame(Bytes::from(text)).await,
+            Some(Ok(Message::Close(_))) | None => {
+                self.lost("the service closed the connection".to_owned());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => self.lost(e.to_string()),
         }
     }
 

@@ -169,7 +169,16 @@ impl Agent {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
-                if sink.send(message).await.is_err() {
+                // Everything already queued goes out in one flush.
+                if sink.feed(message).await.is_err() {
+                    return;
+                }
+                while let Ok(message) = rx.try_recv() {
+                    if sink.feed(message).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
                     return;
                 }
             }
