@@ -15,10 +15,12 @@ pub mod metrics;
 
 pub mod audit;
 pub mod aws;
+pub mod ecs;
 pub mod identity;
 pub mod keys;
 pub mod policy;
 pub mod sessions;
+pub mod ssm;
 pub mod store;
 
 pub mod pg;

@@ -9,9 +9,13 @@
 //! rustls with ring) serves every service.
 
 pub mod credentials;
+pub mod ecs;
+pub mod error;
 pub mod federation;
+pub mod kms;
 pub mod rds;
 pub mod secrets;
+pub mod ssm;
 pub mod sts;
 
 use std::collections::HashMap;
@@ -39,10 +43,7 @@ impl Aws {
 
     /// [`Aws::load`] (kept for callers that name the environment explicitly).
     pub async fn load_with_env(config: &AwsConfig, env: &HashMap<String, String>) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https());
         let region = config
             .region
             .clone()
@@ -102,6 +103,29 @@ impl Aws {
         Self { sdk, endpoints }
     }
 
+    /// Uses an SDK configuration built elsewhere (tests: explicit endpoint,
+    /// static credentials). The shared HTTPS client and us-east-1 are filled
+    /// in when it has none.
+    pub fn from_sdk(sdk: SdkConfig) -> Self {
+        let needs_http = sdk.http_client().is_none();
+        let needs_region = sdk.region().is_none();
+        let needs_behavior = sdk.behavior_version().is_none();
+        let mut builder = sdk.into_builder();
+        if needs_http {
+            builder = builder.http_client(https());
+        }
+        if needs_region {
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        if needs_behavior {
+            builder = builder.behavior_version(BehaviorVersion::latest());
+        }
+        Self {
+            sdk: builder.build(),
+            endpoints: HashMap::new(),
+        }
+    }
+
     pub fn sdk(&self) -> &SdkConfig {
         &self.sdk
     }
@@ -130,6 +154,30 @@ impl Aws {
         aws_sdk_secretsmanager::Client::from_conf(builder.build())
     }
 
+    pub fn ecs(&self) -> aws_sdk_ecs::Client {
+        let mut builder = aws_sdk_ecs::config::Builder::from(&self.sdk);
+        if let Some(url) = self.endpoint("ecs") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_ecs::Client::from_conf(builder.build())
+    }
+
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        let mut builder = aws_sdk_ssm::config::Builder::from(&self.sdk);
+        if let Some(url) = self.endpoint("ssm") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_ssm::Client::from_conf(builder.build())
+    }
+
+    pub fn kms(&self) -> aws_sdk_kms::Client {
+        let mut builder = aws_sdk_kms::config::Builder::from(&self.sdk);
+        if let Some(url) = self.endpoint("kms") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_kms::Client::from_conf(builder.build())
+    }
+
     pub fn sts(&self) -> aws_sdk_sts::Client {
         let mut builder = aws_sdk_sts::config::Builder::from(&self.sdk);
         if let Some(url) = self.endpoint("sts") {
@@ -137,4 +185,11 @@ impl Aws {
         }
         aws_sdk_sts::Client::from_conf(builder.build())
     }
+}
+
+/// The one HTTPS client: hyper 1 with rustls on ring.
+fn https() -> aws_sdk_ecs::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }

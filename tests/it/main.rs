@@ -5,6 +5,7 @@ mod support;
 
 mod audit_trail;
 mod aws;
+mod ecs_exec;
 mod fleet;
 mod identity;
 mod policy;

@@ -56,7 +56,9 @@ fn every_source_file_starts_with_a_doc_comment() {
 
 #[test]
 fn modules_import_only_what_their_invariants_allow() {
-    const ROOMS: [&str; 4] = ["ssh", "pg", "web", "ecs"];
+    // `ecs` is a service the SSH and PostgreSQL rooms call (ECS shells, SSM
+    // port routes), not a listener.
+    const ROOMS: [&str; 3] = ["ssh", "pg", "web"];
     let mut violations = Vec::new();
     for (path, text) in sources() {
         let module = module_of(&path);

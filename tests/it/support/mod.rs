@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod fake_aws;
 pub mod peers;
 
 use std::collections::HashMap;
