@@ -71,7 +71,7 @@ pub enum Error {
 }
 
 /// What an ECS Exec session is, for audit records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Meta {
     pub cluster: String,
     pub task_arn: String,

@@ -25,14 +25,14 @@ pub(crate) type UpstreamCell = Arc<OnceCell<Result<Arc<Upstream>, upstream::Erro
 
 /// What this channel runs.
 #[derive(Debug, Clone)]
-enum Kind {
+pub(crate) enum Kind {
     Shell,
     Exec(String),
     Subsystem(String),
 }
 
 impl Kind {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Kind::Shell => "shell",
             Kind::Exec(_) => "exec",
@@ -41,11 +41,11 @@ impl Kind {
     }
 }
 
-struct Pty {
-    term: String,
-    cols: u32,
-    rows: u32,
-    modes: Vec<(russh::Pty, u32)>,
+pub(crate) struct Pty {
+    pub term: String,
+    pub cols: u32,
+    pub rows: u32,
+    pub modes: Vec<(russh::Pty, u32)>,
 }
 
 /// Longest PAM_REASON kept.
@@ -132,22 +132,17 @@ pub(crate) async fn run(
     // A refusal is told on stderr with exit status 255, after accepting the
     // request: a client that sees a failed request may exit before it has
     // printed what came with it.
-    let fail = |message: String| {
-        let down_tx = &down_tx;
-        let handle = &handle;
-        async move {
-            if pty_pending {
-                let _ = handle.channel_success(id).await;
-            }
-            let _ = handle.channel_success(id).await;
-            let _ = down_tx
-                .extended_data_bytes(1, Bytes::from(format!("pam: {message}\r\n")))
-                .await;
-            let _ = down_tx.exit_status(255).await;
-            let _ = down_tx.eof().await;
-            let _ = down_tx.close().await;
-        }
-    };
+    if let crate::config::TargetKind::Ecs(_) = &authed.target.kind {
+        let request = super::ecs_channel::Request {
+            kind,
+            pty,
+            pty_pending,
+            reason,
+        };
+        super::ecs_channel::run(shared, authed, request, down_rx, down_tx, handle, id).await;
+        return;
+    }
+    let fail = |message: String| refuse(&down_tx, &handle, id, pty_pending, message);
 
     // 1. Policy decides before the broker touches the target. Its record is
     // queued; connecting to the target and opening the session overlap with
@@ -246,25 +241,8 @@ pub(crate) async fn run(
 
     let recorder = match &recording_path {
         Some(path) => {
-            let header = recording::Header {
-                width: pty
-                    .as_ref()
-                    .map(|p| p.cols)
-                    .unwrap_or(80)
-                    .min(u32::from(u16::MAX)) as u16,
-                height: pty
-                    .as_ref()
-                    .map(|p| p.rows)
-                    .unwrap_or(24)
-                    .min(u32::from(u16::MAX)) as u16,
-                timestamp: started / 1_000_000,
-                title: format!("{} on {}", principal.email(), authed.target.name),
-                term: pty.as_ref().map(|p| p.term.clone()),
-                session_id: session_id.clone(),
-                user: principal.email().to_owned(),
-                target: authed.target.name.clone(),
-            };
-            match Recorder::create(&shared.deps.recordings_dir, path, &header).await {
+            match start_recording(&shared, &authed, &session_id, started, path, pty.as_ref()).await
+            {
                 Ok(pair) => Some(pair),
                 Err(e) => {
                     live.end(EndReason::Error(format!("cannot record the session: {e}")));
@@ -348,6 +326,50 @@ pub(crate) async fn run(
         details: json!({"channel": kind.name(), "target_host_key": upstream.host_key}),
     })
     .await;
+}
+
+/// A refusal is told on stderr with exit status 255, after accepting the
+/// request: a client that sees a failed request may exit before it has
+/// printed what came with it.
+pub(crate) async fn refuse(
+    down_tx: &ChannelWriteHalf<Msg>,
+    handle: &server::Handle,
+    id: russh::ChannelId,
+    pty_pending: bool,
+    message: String,
+) {
+    if pty_pending {
+        let _ = handle.channel_success(id).await;
+    }
+    let _ = handle.channel_success(id).await;
+    let _ = down_tx
+        .extended_data_bytes(1, Bytes::from(format!("pam: {message}\r\n")))
+        .await;
+    let _ = down_tx.exit_status(255).await;
+    let _ = down_tx.eof().await;
+    let _ = down_tx.close().await;
+}
+
+/// Creates the recording of a session (asciicast header from the PTY).
+pub(crate) async fn start_recording(
+    shared: &Shared,
+    authed: &Authed,
+    session_id: &str,
+    started: i64,
+    path: &std::path::Path,
+    pty: Option<&Pty>,
+) -> std::io::Result<(Recorder, recording::Writer)> {
+    let header = recording::Header {
+        width: pty.map(|p| p.cols).unwrap_or(80).min(u32::from(u16::MAX)) as u16,
+        height: pty.map(|p| p.rows).unwrap_or(24).min(u32::from(u16::MAX)) as u16,
+        timestamp: started / 1_000_000,
+        title: format!("{} on {}", authed.principal.email(), authed.target.name),
+        term: pty.map(|p| p.term.clone()),
+        session_id: session_id.to_owned(),
+        user: authed.principal.email().to_owned(),
+        target: authed.target.name.clone(),
+    };
+    Recorder::create(&shared.deps.recordings_dir, path, &header).await
 }
 
 type UpRead = russh::ChannelReadHalf;

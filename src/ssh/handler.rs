@@ -264,6 +264,8 @@ impl russh::server::Handler for Connection {
                 login.to_owned()
             }
             (TargetKind::Ssh(ssh), None) => ssh.login.clone(),
+            // An ECS container behaves like a host; its user is the image's.
+            (TargetKind::Ecs(_), None) => "-".to_owned(),
             _ => {
                 return Ok(self
                     .refuse(

@@ -9,6 +9,7 @@
 //! task (`channel.rs`) that owns the channel's state.
 
 mod channel;
+mod ecs_channel;
 mod handler;
 mod preamble;
 mod sftp;
@@ -44,6 +45,8 @@ pub struct Deps {
     pub host_key: PrivateKey,
     pub user_ca: PrivateKey,
     pub target_ca: PrivateKey,
+    /// The broker's AWS access (ECS targets).
+    pub aws: crate::aws::Aws,
     pub recordings_dir: PathBuf,
     /// Record terminal output (asciicast).
     pub record: bool,

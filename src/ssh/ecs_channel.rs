@@ -1,0 +1,344 @@
+//! An SSH session channel whose target is an ECS container: the broker
+//! opens ECS Exec (the SSM data channel) with its own AWS identity and
+//! relays it like a host's shell, with the same policy gate (`ecs_exec`),
+//! recording, limits and audit. `pam exec` reaches the same code through
+//! the SSH room.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use russh::server::{self, Msg};
+use russh::{ChannelMsg, ChannelWriteHalf};
+use serde_json::json;
+
+use super::Shared;
+use super::channel::{Kind, Pty, refuse, start_recording};
+use super::handler::Authed;
+use crate::audit::recording;
+use crate::config::TargetKind;
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::domain::policy::{Action, RequestContext, Resource};
+use crate::sessions::{EndReason, Finish, NewSession, Notice};
+use crate::ssm::Event;
+
+/// What the client asked for on the channel.
+pub(crate) struct Request {
+    pub kind: Kind,
+    pub pty: Option<Pty>,
+    pub pty_pending: bool,
+    pub reason: Option<String>,
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    authed: Arc<Authed>,
+    request: Request,
+    mut down_rx: russh::ChannelReadHalf,
+    down_tx: ChannelWriteHalf<Msg>,
+    handle: server::Handle,
+    id: russh::ChannelId,
+) {
+    let TargetKind::Ecs(target) = &authed.target.kind else {
+        return;
+    };
+    let Request {
+        kind,
+        pty,
+        pty_pending,
+        reason,
+    } = request;
+    let fail = |message: String| refuse(&down_tx, &handle, id, pty_pending, message);
+    let command = match &kind {
+        Kind::Shell => None,
+        Kind::Exec(command) => Some(command.clone()),
+        Kind::Subsystem(name) => {
+            fail(format!(
+                "the {name} subsystem is not available in ECS containers"
+            ))
+            .await;
+            return;
+        }
+    };
+
+    // Policy first; its record is written while the session opens.
+    let resource = Resource::Target(authed.target.to_ref());
+    let context = RequestContext {
+        source_ip: Some(authed.peer.ip()),
+        reason: reason.clone(),
+        ..RequestContext::default()
+    };
+    let principal = &authed.principal;
+    let (decision, decision_recorded) = shared
+        .deps
+        .gate
+        .check_deferred(
+            &principal.identity,
+            Some(&principal.session_id),
+            Action::EcsExec,
+            &resource,
+            &context,
+        )
+        .await;
+    if let Err(denied) = decision {
+        let _ = decision_recorded.confirm().await;
+        fail(format!("access to {} denied: {denied}", authed.target.name)).await;
+        return;
+    }
+
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let started = crate::domain::audit::now_us();
+    let recording_path = shared
+        .deps
+        .record
+        .then(|| recording::relative_path(&session_id, started));
+    let size = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+    let new = NewSession {
+        kind: "ecs",
+        principal: principal.clone(),
+        target: authed.target.name.clone(),
+        login: None,
+        source_ip: Some(authed.peer.ip()),
+        client: authed.client.clone(),
+        action: Action::EcsExec,
+        resource,
+        context,
+        recording: recording_path.as_ref().map(|p| p.display().to_string()),
+        details: json!({
+            "channel": kind.name(),
+            "command": command,
+            "cluster": target.cluster,
+            "service": target.service,
+            "container": target.container,
+            "pty": pty.as_ref().map(|p| format!("{}x{}", p.cols, p.rows)),
+        }),
+    };
+    let (opened, live) = tokio::join!(
+        crate::ecs::open(target, &shared.deps.aws, command.as_deref(), size),
+        shared.deps.sessions.open_with_id(session_id.clone(), new),
+    );
+    let mut live = match live {
+        Ok(live) => live,
+        Err(e) => {
+            fail(format!("refused: {e}")).await;
+            return;
+        }
+    };
+    let mut shell = match (decision_recorded.confirm().await, opened) {
+        (Ok(()), Ok(shell)) => shell,
+        (Err(e), opened) => {
+            if let Ok(shell) = opened {
+                let _ = shell.close().await;
+            }
+            live.end(EndReason::Error(format!(
+                "the policy decision could not be recorded: {e}"
+            )));
+            live.finish(Finish::default()).await;
+            fail(format!("refused: {e}")).await;
+            return;
+        }
+        (Ok(()), Err(e)) => {
+            live.end(EndReason::Error(e.to_string()));
+            live.finish(Finish::default()).await;
+            fail(e.to_string()).await;
+            return;
+        }
+    };
+    let meta = serde_json::to_value(shell.meta()).unwrap_or_default();
+    let recorder = match &recording_path {
+        Some(path) => {
+            match start_recording(&shared, &authed, &session_id, started, path, pty.as_ref()).await
+            {
+                Ok(pair) => Some(pair),
+                Err(e) => {
+                    let _ = shell.close().await;
+                    live.end(EndReason::Error(format!("cannot record the session: {e}")));
+                    live.finish(Finish::default()).await;
+                    fail("refused: the session cannot be recorded".into()).await;
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    let (recorder, writer) = match recorder {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
+    };
+    if pty_pending {
+        let _ = handle.channel_success(id).await;
+    }
+    let _ = handle.channel_success(id).await;
+    if let Some(message) = &shell.info().customer_message
+        && !message.is_empty()
+    {
+        let _ = down_tx
+            .extended_data_bytes(1, Bytes::from(format!("{message}\r\n")))
+            .await;
+    }
+    if let Some(command) = &command {
+        shared
+            .deps
+            .audit
+            .note(
+                AuditEvent::new(EventKind::SshExec, Outcome::Success)
+                    .actor(principal.email())
+                    .source_ip(Some(authed.peer.ip()))
+                    .target(&authed.target.name)
+                    .session(live.id())
+                    .details(json!({"command": command, "ecs": meta})),
+            )
+            .await;
+        if let Some(r) = &recorder {
+            r.input(Bytes::from(format!("{command}\n"))).await;
+        }
+    }
+
+    // Relay: client → container on a task, container → client here.
+    let record_keys = shared.deps.record_input && matches!(kind, Kind::Shell);
+    let input = shell.input().clone();
+    let cancel = live.cancel_token();
+    let counters = live.counters();
+    let inbound = {
+        let input = input.clone();
+        let recorder = recorder.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    m = down_rx.wait() => m,
+                };
+                match message {
+                    Some(ChannelMsg::Data { data }) => {
+                        counters.input(data.len());
+                        if record_keys && let Some(r) = &recorder {
+                            r.input(data.clone()).await;
+                        }
+                        if input.send_input(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(ChannelMsg::WindowChange {
+                        col_width,
+                        row_height,
+                        ..
+                    }) => {
+                        let _ = input.resize(col_width, row_height).await;
+                        if let Some(r) = &recorder {
+                            r.resize(
+                                col_width.min(u32::from(u16::MAX)) as u16,
+                                row_height.min(u32::from(u16::MAX)) as u16,
+                            )
+                            .await;
+                        }
+                    }
+                    // Signals travel as the bytes a terminal would send.
+                    Some(ChannelMsg::Signal { signal }) => {
+                        let byte: &[u8] = match signal {
+                            russh::Sig::INT => b"\x03",
+                            russh::Sig::QUIT => b"\x1c",
+                            _ => b"",
+                        };
+                        if !byte.is_empty() {
+                            let _ = input.send_input(byte).await;
+                        }
+                    }
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                }
+            }
+        })
+    };
+    let out_counters = live.counters();
+    let mut exit_status: Option<u32> = None;
+    let mut inbound = inbound;
+    loop {
+        tokio::select! {
+            event = shell.recv() => match event {
+                Some(Event::Output(data)) => {
+                    out_counters.output(data.len());
+                    if let Some(r) = &recorder {
+                        r.output(data.clone()).await;
+                    }
+                    if down_tx.data_bytes(data).await.is_err() {
+                        live.end(EndReason::Closed);
+                        break;
+                    }
+                }
+                Some(Event::StdErr(data)) => {
+                    out_counters.output(data.len());
+                    if let Some(r) = &recorder {
+                        r.output(data.clone()).await;
+                    }
+                    let _ = down_tx.extended_data_bytes(1, data).await;
+                }
+                Some(Event::ExitCode(code)) => exit_status = Some(code.clamp(0, 255) as u32),
+                Some(Event::Flag(_)) => {}
+                Some(Event::Closed(message)) => {
+                    if let Some(message) = message.filter(|m| !m.is_empty()) {
+                        let _ = down_tx.extended_data_bytes(1, Bytes::from(format!("\r\n{message}\r\n"))).await;
+                    }
+                    if live.end_reason().is_none() {
+                        live.end(EndReason::UpstreamClosed);
+                    }
+                    break;
+                }
+                Some(Event::Failed(e)) => {
+                    live.end(EndReason::Error(e.to_string()));
+                    break;
+                }
+                None => {
+                    if live.end_reason().is_none() {
+                        live.end(EndReason::UpstreamClosed);
+                    }
+                    break;
+                }
+            },
+            _ = cancel.cancelled() => break,
+            notice = live.notice() => {
+                let Notice::Warning(text) = notice;
+                let _ = down_tx.extended_data_bytes(1, Bytes::from(format!("\r\n{text}\r\n"))).await;
+                if let Some(r) = &recorder {
+                    r.marker(text).await;
+                }
+            }
+            _ = &mut inbound => {
+                if live.end_reason().is_none() {
+                    live.end(EndReason::Closed);
+                }
+                break;
+            }
+        }
+    }
+    let reason = live.end_reason();
+    let broker_ended = !matches!(
+        reason,
+        Some(EndReason::Closed) | Some(EndReason::UpstreamClosed) | None
+    );
+    if broker_ended && let Some(reason) = &reason {
+        let message = reason.message();
+        let _ = down_tx
+            .extended_data_bytes(1, Bytes::from(format!("\r\npam: {message}\r\n")))
+            .await;
+        if let Some(r) = &recorder {
+            r.marker(message).await;
+        }
+    }
+    inbound.abort();
+    let _ = shell.close().await;
+    let status = exit_status.unwrap_or(if broker_ended { 255 } else { 0 });
+    let _ = down_tx.exit_status(status).await;
+    let _ = down_tx.eof().await;
+    let _ = down_tx.close().await;
+    drop(recorder);
+    let recording_sha256 = match writer {
+        Some(writer) => writer.finish().await.ok().map(|f| f.sha256),
+        None => None,
+    };
+    live.finish(Finish {
+        exit_status: exit_status.map(i64::from),
+        recording_sha256,
+        details: json!({"channel": kind.name(), "ecs": meta}),
+    })
+    .await;
+}
