@@ -6,6 +6,7 @@ mod support;
 mod audit_trail;
 mod aws;
 mod ecs_exec;
+mod ecs_ssh;
 mod fleet;
 mod identity;
 mod policy;

@@ -514,9 +514,11 @@ async fn control(
             );
             let plan = state.plan.lock().unwrap().clone();
             let command = request["command"].as_str().unwrap_or("/bin/sh").to_owned();
-            let app = plan.app.clone().unwrap_or_else(|| {
-                App::Shell(command.split_whitespace().map(str::to_owned).collect())
-            });
+            // As the real agent (session/shell, Linux): `sh -c COMMAND` in a PTY.
+            let app = plan
+                .app
+                .clone()
+                .unwrap_or_else(|| App::Shell(vec!["sh".into(), "-c".into(), command]));
             let (stream_url, token) = state.create(&id, &ssm_target, plan, app);
             json_response(
                 StatusCode::OK,
