@@ -87,6 +87,8 @@ enum Command {
     },
     /// SSH to a target through the broker with your certificate.
     Ssh(ssh::SshArgs),
+    /// A shell or command in an ECS container through the broker (ECS Exec).
+    Exec(ssh::ExecArgs),
     /// Print client configuration (ssh_config blocks, AWS profiles).
     Config {
         #[command(subcommand)]
@@ -228,6 +230,7 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
         Command::Policy { command } => policy::run(command, &env),
         Command::Ls(args) => policy::ls(args, env).await,
         Command::Ssh(args) => ssh::ssh(args, &env),
+        Command::Exec(args) => ssh::exec(args, &env),
         Command::Config {
             command: ConfigCommand::Ssh,
         } => ssh::config(&env),

@@ -1,5 +1,5 @@
-//! `pam ssh`, `pam config ssh` and `pam ssh-proxy`: OpenSSH through the
-//! broker with the certificate from `pam login`.
+//! `pam ssh`, `pam exec`, `pam config ssh` and `pam ssh-proxy`: OpenSSH
+//! through the broker with the certificate from `pam login`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -26,6 +26,23 @@ pub struct SshArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The ECS container target (see `pam ls ecs`).
+    target: String,
+    /// Why you need access (policy may require it; it is audited).
+    #[arg(long, env = "PAM_REASON")]
+    reason: Option<String>,
+    /// Ask for a terminal even for a command (for interactive programs such
+    /// as a REPL); a shell always gets one when stdin is a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Command to run instead of the target's shell (after `--`); the
+    /// container runs it with `sh -c`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ProxyArgs {
     /// The host OpenSSH asked for (`TARGET.pam`).
     host: String,
@@ -35,6 +52,34 @@ pub struct ProxyArgs {
 pub const HOST_ALIAS: &str = "pam-broker";
 
 pub fn ssh(args: SshArgs, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    let user = match &args.login {
+        Some(login) => format!("{login}@{}", args.target),
+        None => args.target.clone(),
+    };
+    exec_ssh(&user, args.reason.as_deref(), &[], &args.command, env)
+}
+
+/// `pam exec`: the SSH room runs ECS targets' shells and commands over
+/// ECS Exec, so this is `pam ssh` with a terminal when one is wanted.
+pub fn exec(args: ExecArgs, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    let tty = if args.tty { &["-t"][..] } else { &[] };
+    exec_ssh(
+        &args.target,
+        args.reason.as_deref(),
+        tty,
+        &args.command,
+        env,
+    )
+}
+
+/// Replaces this process with `ssh` to the broker as `user`.
+fn exec_ssh(
+    user: &str,
+    reason: Option<&str>,
+    options: &[&str],
+    command: &[String],
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     let home = Home::locate(env)?;
     let saved = home.saved();
     let addr = saved
@@ -45,24 +90,21 @@ pub fn ssh(args: SshArgs, env: &HashMap<String, String>) -> anyhow::Result<ExitC
     let (host, port) = addr
         .rsplit_once(':')
         .with_context(|| format!("malformed broker SSH address {addr:?}"))?;
-    let user = match &args.login {
-        Some(login) => format!("{login}@{}", args.target),
-        None => args.target.clone(),
-    };
     let mut cmd = std::process::Command::new("ssh");
     cmd.args(identity_options(&home))
+        .args(options)
         .arg("-p")
         .arg(port)
         .arg("-l")
-        .arg(&user);
-    if let Some(reason) = &args.reason {
+        .arg(user);
+    if let Some(reason) = reason {
         // Quoted: OpenSSH splits SetEnv values on spaces otherwise.
         let reason = reason.replace(['"', '\\', '\n', '\r'], " ");
         cmd.arg("-o").arg(format!("SetEnv=PAM_REASON=\"{reason}\""));
     }
     cmd.arg(host.trim_matches(['[', ']']));
-    if !args.command.is_empty() {
-        cmd.arg("--").args(&args.command);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
     }
     use std::os::unix::process::CommandExt;
     let error = cmd.exec();

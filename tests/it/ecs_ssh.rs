@@ -287,3 +287,77 @@ async fn file_transfer_subsystems_are_refused_for_containers() {
     );
     assert!(w.fake.calls("ExecuteCommand").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pam_exec_runs_commands_in_containers_after_pam_login() {
+    let w = world("carol").await;
+    let home = tempfile::tempdir().unwrap();
+    let browser = format!(
+        "python3 {}",
+        crate::support::peers::peers_dir()
+            .join("browser.py")
+            .display()
+    );
+    let login = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"))
+        .args([
+            "login",
+            "--broker",
+            &w.app.base_url,
+            "--login-hint",
+            "carol",
+        ])
+        .env("PAM_HOME", home.path())
+        .env("BROWSER", &browser)
+        .output()
+        .await
+        .unwrap();
+    assert!(login.status.success(), "{}", text(&login.stderr));
+    let pam = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+        cmd.args(args)
+            .env("PAM_HOME", home.path())
+            .env_remove("PAM_REASON")
+            .stdin(Stdio::null());
+        cmd
+    };
+    // `pam exec TARGET -- CMD`: output and exit status come back as-is.
+    let out = pam(&["exec", "orders-dev", "--", "echo in-$((6*7)); exit 3"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end(), "in-42");
+    // Production needs a stated reason: the refusal says so, and with
+    // one the command runs and the reason is in the audit trail.
+    let out = pam(&["exec", "orders-prod", "--", "true"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("reason"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pam(&[
+        "exec",
+        "orders-prod",
+        "--reason",
+        "INC-77 inspect queue",
+        "--",
+        "echo ok",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end(), "ok");
+    let starts = w.app.events("session.start").await;
+    let prod = starts
+        .iter()
+        .find(|e| e.target.as_deref() == Some("orders-prod"))
+        .expect("a prod session started");
+    let details: serde_json::Value = serde_json::from_str(&prod.details).unwrap();
+    assert_eq!(details["reason"], "INC-77 inspect queue", "{details}");
+    assert_eq!(details["kind"], "ecs", "{details}");
+}

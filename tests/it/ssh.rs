@@ -354,15 +354,11 @@ async fn an_interactive_pty_session_is_relayed_and_recorded() {
     ]);
     assert!(
         eventually(Duration::from_secs(30), || async {
-            pane().contains("typed-42")
+            let pane = pane();
+            pane.contains("typed-42") && pane.contains("30 100")
         })
         .await,
-        "{}",
-        pane()
-    );
-    assert!(
-        pane().contains("30 100"),
-        "the target sees the PTY size: {}",
+        "the command runs and the target sees the PTY size: {}",
         pane()
     );
     tmux_cmd(&["resize-window", "-t", "pam", "-x", "120", "-y", "40"]);
