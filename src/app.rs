@@ -221,6 +221,10 @@ pub async fn run_with(
         ssh_user_ca: keys::openssh_public(&keys.ssh_user_ca, "pam-user-ca"),
         ssh_target_ca: keys::openssh_public(&keys.ssh_target_ca, "pam-target-ca"),
         jwks: jwks(&keys),
+        recordings_dir: config.recordings_dir(),
+        audit_key: Arc::new(keys.audit.public_bytes().to_vec()),
+        secure_cookies: !config.dev,
+        verification: web::ui::Verification::default(),
     };
     let failed = CancellationToken::new();
     spawn_room(

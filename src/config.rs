@@ -152,6 +152,8 @@ section! {
         target_cert_ttl: HumanDuration = HumanDuration::secs(5 * 60),
         /// Warning given to users this long before a limit ends their session.
         warn_before: HumanDuration = HumanDuration::secs(60),
+        /// Lifetime of a web view login (the browser cookie); never longer than `token_ttl`.
+        web_ttl: HumanDuration = HumanDuration::secs(3600),
     }
 }
 
@@ -838,6 +840,24 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let text = String::deserialize(deserializer)?;
         HumanDuration::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// An absolute time (RFC 3339 or `YYYY-MM-DD`, UTC) or an age (`15m`, `7d`).
+pub fn parse_time(text: &str) -> anyhow::Result<i64> {
+    use crate::domain::audit::now_us;
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, &date_format) {
+        let t = date.midnight().assume_utc();
+        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
+    }
+    if let Ok(age) = HumanDuration::parse(text) {
+        return Ok(now_us() - age.0.as_micros() as i64);
+    }
+    anyhow::bail!("invalid time {text:?}: use RFC 3339, YYYY-MM-DD, or an age like 15m or 7d")
 }
 
 #[cfg(test)]

@@ -185,6 +185,37 @@ impl Audit {
         store::audit::get(&self.db, id).await
     }
 
+    /// Walks the whole chain (see [`verify::verify`]).
+    pub async fn verify(
+        &self,
+        public_key: &[u8],
+        progress: impl FnMut(i64),
+    ) -> Result<verify::Report, store::Error> {
+        verify::verify(&self.db, public_key, progress).await
+    }
+
+    /// The end of the chain and the newest signed checkpoint, with whether
+    /// its signature holds and it still matches the event it seals.
+    pub async fn head(&self, public_key: &[u8]) -> Result<ChainHead, store::Error> {
+        let head = store::audit::head(&self.db).await?;
+        let last = store::audit::checkpoints(&self.db).await?.pop();
+        let checkpoint = match last {
+            None => None,
+            Some(cp) => {
+                let sealed = store::audit::range(&self.db, cp.seq, 1).await?;
+                let matches = sealed
+                    .first()
+                    .is_some_and(|e| e.seq == cp.seq && e.hash == cp.hash);
+                let valid = chain::checkpoint_valid(public_key, &cp) && matches;
+                Some((cp, valid))
+            }
+        };
+        Ok(ChainHead {
+            seq: head.seq,
+            checkpoint,
+        })
+    }
+
     /// Flushes everything queued, writes a final checkpoint and stops the
     /// writer. Later records fail with [`AuditError::ShuttingDown`].
     pub async fn close(&self) {
@@ -193,6 +224,14 @@ impl Audit {
             let _ = wait.await;
         }
     }
+}
+
+/// The end of the chain as [`Audit::head`] sees it.
+#[derive(Debug, Clone)]
+pub struct ChainHead {
+    pub seq: i64,
+    /// The newest checkpoint and whether it verifies.
+    pub checkpoint: Option<(crate::domain::audit::Checkpoint, bool)>,
 }
 
 /// An event handed to the writer whose commit has not been awaited yet

@@ -12,8 +12,7 @@ use clap::{Args, Subcommand};
 
 use super::StoreArgs;
 use crate::audit::verify;
-use crate::config::HumanDuration;
-use crate::domain::audit::{AuditEvent, EventFilter, EventKind, Outcome, format_us, now_us};
+use crate::domain::audit::{AuditEvent, EventFilter, EventKind, Outcome, format_us};
 use crate::keys::KeyMaterial;
 
 #[derive(Debug, Subcommand)]
@@ -356,19 +355,4 @@ async fn play_command(
     Ok(ExitCode::SUCCESS)
 }
 
-/// An absolute time (RFC 3339 or `YYYY-MM-DD`, UTC) or an age (`15m`, `7d`).
-pub fn parse_time(text: &str) -> anyhow::Result<i64> {
-    use time::format_description::well_known::Rfc3339;
-    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
-    }
-    let date_format = time::macros::format_description!("[year]-[month]-[day]");
-    if let Ok(date) = time::Date::parse(text, &date_format) {
-        let t = date.midnight().assume_utc();
-        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
-    }
-    if let Ok(age) = HumanDuration::parse(text) {
-        return Ok(now_us() - age.0.as_micros() as i64);
-    }
-    anyhow::bail!("invalid time {text:?}: use RFC 3339, YYYY-MM-DD, or an age like 15m or 7d")
-}
+pub use crate::config::parse_time;

@@ -39,5 +39,10 @@ pub struct SessionFilter {
     pub until_us: Option<i64>,
     /// Keyset cursor: sessions that started before this (µs), with id tiebreak.
     pub before: Option<(i64, String)>,
+    /// Only sessions that are no longer live (the web view lists live ones
+    /// separately, so that this page walks the `started_at` index).
+    pub exclude_live: bool,
+    /// Newest first, live or not (for keyset paging over everything).
+    pub by_start: bool,
     pub limit: u32,
 }

@@ -50,6 +50,7 @@ struct Inner {
     breakglass_key: [u8; 32],
     oidc: Option<Oidc>,
     token_ttl: Duration,
+    web_ttl: Duration,
     login: LoginConfig,
     require_mfa: bool,
     known_hosts: String,
@@ -104,6 +105,16 @@ pub enum AuthError {
 pub enum Callback {
     /// Send the browser to the CLI's loopback listener.
     RedirectToCli(String),
+    /// A web view login: set the cookie, then go to `return_to`.
+    Web(WebLogin),
+}
+
+/// A browser's web view session: a broker token of the web audience.
+pub struct WebLogin {
+    pub token: SecretString,
+    pub expires_at_us: i64,
+    /// A path under `/ui/` (checked when the login started).
+    pub return_to: String,
 }
 
 /// One device-grant poll.
@@ -167,6 +178,7 @@ impl Identity {
                 breakglass_key: breakglass_key(keys),
                 oidc,
                 token_ttl: config.session.token_ttl.0,
+                web_ttl: config.session.web_ttl.0.min(config.session.token_ttl.0),
                 login: config.login.clone(),
                 require_mfa: config.oidc.require_mfa,
                 known_hosts,
@@ -245,8 +257,52 @@ impl Identity {
         Ok(url)
     }
 
+    /// Starts a web view login: returns the IdP URL to send the browser to.
+    /// `return_to` must be a path under `/ui/` (no open redirects).
+    pub async fn start_web_login(
+        &self,
+        return_to: &str,
+        login_hint: Option<&str>,
+        client: &Client,
+    ) -> Result<String, LoginError> {
+        let oidc = self.oidc()?;
+        if !safe_return_path(return_to) {
+            return Err(LoginError::BadRequest(
+                "next must be a path under /ui/".into(),
+            ));
+        }
+        self.check_ip_lock(client).await?;
+        let state = oidc::random_token(24);
+        let nonce = oidc::random_token(24);
+        let pkce = oidc::pkce();
+        let now = now_us();
+        let url = oidc
+            .authorize_url(&state, &nonce, &pkce.challenge, login_hint)
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        store::identity::insert_login_request(
+            &self.inner.db,
+            &store::identity::LoginRequest {
+                id: state,
+                kind: "web".into(),
+                nonce: Some(nonce),
+                pkce_verifier: Some(pkce.verifier),
+                cli_redirect: Some(return_to.to_owned()),
+                source_ip: client.ip.map(|ip| ip.to_string()),
+                user_agent: client.user_agent.clone(),
+                created_at: now,
+                expires_at: now + LOGIN_REQUEST_TTL.as_micros() as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(url)
+    }
+
     /// Handles the IdP's redirect: validates everything, then hands the CLI
-    /// a one-time code through the browser.
+    /// a one-time code through the browser (or, for a web view login, opens
+    /// a web session).
     pub async fn callback(
         &self,
         state: Option<&str>,
@@ -263,7 +319,7 @@ impl Identity {
         let request = store::identity::get_login_request(&self.inner.db, state)
             .await
             .map_err(unavailable)?;
-        let Some(request) = request.filter(|r| r.kind == "browser") else {
+        let Some(request) = request.filter(|r| r.kind == "browser" || r.kind == "web") else {
             return Err(self
                 .refuse(None, client, LoginMethod::Sso, "unknown state", json!({}))
                 .await);
@@ -281,6 +337,12 @@ impl Identity {
             return Err(self
                 .refuse(None, client, LoginMethod::Sso, reason, json!({}))
                 .await);
+        }
+        if request.kind == "web" {
+            return self
+                .finish_web_login(oidc, &request, code, idp_error, client)
+                .await
+                .map(Callback::Web);
         }
         let cli_redirect = request.cli_redirect.clone().unwrap_or_default();
         let fail_to_cli = |message: &str| {
@@ -351,6 +413,124 @@ impl Identity {
             .map_err(|_| LoginError::BadRequest("bad CLI redirect".into()))?;
         url.query_pairs_mut().append_pair("code", &one_time);
         Ok(Callback::RedirectToCli(url.to_string()))
+    }
+
+    /// The web leg of [`Self::callback`]: errors are shown in the browser.
+    async fn finish_web_login(
+        &self,
+        oidc: &Oidc,
+        request: &store::identity::LoginRequest,
+        code: Option<&str>,
+        idp_error: Option<&str>,
+        client: &Client,
+    ) -> Result<WebLogin, LoginError> {
+        if let Some(error) = idp_error {
+            let refused = self
+                .refuse(
+                    None,
+                    client,
+                    LoginMethod::Sso,
+                    &format!("idp_error: {error}"),
+                    json!({"client": "web"}),
+                )
+                .await;
+            return Err(refused);
+        }
+        let Some(code) = code.filter(|c| !c.is_empty()) else {
+            return Err(self
+                .refuse(
+                    None,
+                    client,
+                    LoginMethod::Sso,
+                    "missing code",
+                    json!({"client": "web"}),
+                )
+                .await);
+        };
+        let identity = oidc
+            .exchange_code(
+                code,
+                request.pkce_verifier.as_deref().unwrap_or_default(),
+                request.nonce.as_deref().unwrap_or_default(),
+            )
+            .await;
+        let identity = self.admit(identity, client, LoginMethod::Sso).await?;
+        let now = now_us();
+        let expires_at = now + self.inner.web_ttl.as_micros() as i64;
+        let jti = uuid::Uuid::now_v7().to_string();
+        store::identity::insert_session(
+            &self.inner.db,
+            &jti,
+            &identity,
+            client.ip.map(|ip| ip.to_string()).as_deref(),
+            client.user_agent.as_deref(),
+            now,
+            expires_at,
+        )
+        .await
+        .map_err(unavailable)?;
+        let claims = Claims {
+            iss: self.inner.tokens.issuer().to_owned(),
+            sub: identity.email.clone(),
+            aud: token::WEB_AUDIENCE.into(),
+            exp: expires_at / 1_000_000,
+            iat: now / 1_000_000,
+            nbf: now / 1_000_000,
+            jti: jti.clone(),
+            groups: identity.groups.clone(),
+            mfa: identity.mfa,
+            amr: identity.amr.clone(),
+            method: identity.method.as_str().into(),
+        };
+        let token = self
+            .inner
+            .tokens
+            .sign(&claims)
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let login = AuditEvent::new(EventKind::LoginSuccess, Outcome::Success)
+            .actor(&identity.email)
+            .source_ip(client.ip)
+            .session(&jti)
+            .details(json!({
+                "method": identity.method.as_str(),
+                "client": "web",
+                "idp_subject": identity.subject,
+                "groups": identity.groups,
+                "amr": identity.amr,
+                "mfa": identity.mfa,
+                "user_agent": client.user_agent,
+            }));
+        let issued = AuditEvent::new(EventKind::TokenIssued, Outcome::Success)
+            .actor(&identity.email)
+            .source_ip(client.ip)
+            .session(&jti)
+            .details(json!({
+                "expires_at": format_us(expires_at),
+                "method": identity.method.as_str(),
+                "audience": token::WEB_AUDIENCE,
+            }));
+        if let Err(e) = self.inner.audit.gate_all(vec![login, issued]).await {
+            let _ = store::identity::revoke_session(
+                &self.inner.db,
+                &jti,
+                "pam",
+                "audit unavailable",
+                now_us(),
+            )
+            .await;
+            return Err(LoginError::Unavailable(e.to_string()));
+        }
+        let _ = store::identity::clear_failures(&self.inner.db, "user", &identity.email).await;
+        Metrics::inc(&self.inner.metrics.logins_success);
+        Ok(WebLogin {
+            token: SecretString::from(token),
+            expires_at_us: expires_at,
+            return_to: request
+                .cli_redirect
+                .clone()
+                .filter(|p| safe_return_path(p))
+                .unwrap_or_else(|| "/ui/".into()),
+        })
     }
 
     /// The CLI redeems its one-time code with its PKCE verifier and a proof
@@ -715,6 +895,19 @@ impl Identity {
             TokenError::Expired => AuthError::Expired,
             TokenError::Invalid(_) => AuthError::Invalid,
         })?;
+        self.session(&claims.jti).await
+    }
+
+    /// Checks a web view token (the browser cookie) and its session.
+    pub async fn authenticate_web(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self
+            .inner
+            .tokens
+            .verify_for(token, token::WEB_AUDIENCE)
+            .map_err(|e| match e {
+                TokenError::Expired => AuthError::Expired,
+                TokenError::Invalid(_) => AuthError::Invalid,
+            })?;
         self.session(&claims.jti).await
     }
 
@@ -1292,4 +1485,14 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 /// Makes the key pair a CLI login uses (also used by tests).
 pub fn new_client_key() -> PrivateKey {
     keys::generate()
+}
+
+/// A web view return path: absolute, under `/ui/`, no scheme or host tricks.
+pub fn safe_return_path(path: &str) -> bool {
+    path.starts_with("/ui/")
+        && path.len() <= 512
+        && !path.contains("//")
+        && !path.contains('\\')
+        && !path.contains("..")
+        && path.bytes().all(|b| b.is_ascii_graphic())
 }

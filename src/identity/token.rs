@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::Ed25519Key;
 
-/// The audience of every broker token.
+/// The audience of the broker tokens the CLI holds (API bearer tokens).
 pub const AUDIENCE: &str = "pam";
+/// The audience of web view logins (the browser cookie): a stolen cookie is
+/// no API token and an API token opens no web session.
+pub const WEB_AUDIENCE: &str = "pam-web";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -64,8 +67,13 @@ impl TokenKeys {
 
     /// Checks signature (EdDSA only), issuer, audience and lifetime.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_for(token, AUDIENCE)
+    }
+
+    /// [`Self::verify`] for tokens of another audience ([`WEB_AUDIENCE`]).
+    pub fn verify_for(&self, token: &str, audience: &str) -> Result<Claims, TokenError> {
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_audience(&[AUDIENCE]);
+        validation.set_audience(&[audience]);
         validation.set_issuer(&[&self.issuer]);
         validation.leeway = 5;
         validation.validate_nbf = true;

@@ -184,6 +184,9 @@ pub async fn list(db: &Db, f: &SessionFilter) -> Result<Vec<SessionRecord>> {
             push(clause, Param::Text(v.clone()), &mut clauses);
         }
     }
+    if f.exclude_live {
+        clauses.push("status <> 'live'".into());
+    }
     if let Some(v) = f.since_us {
         push("started_at >= ?", Param::Int(v), &mut clauses);
     }
@@ -210,9 +213,14 @@ pub async fn list(db: &Db, f: &SessionFilter) -> Result<Vec<SessionRecord>> {
         text.push_str(" WHERE ");
         text.push_str(&clauses.join(" AND "));
     }
-    text.push_str(
-        " ORDER BY CASE WHEN status = 'live' THEN 0 ELSE 1 END, started_at DESC, id DESC ",
-    );
+    if f.status.is_some() || f.exclude_live || f.by_start {
+        // One status: the (status, started_at) or started_at index gives the order.
+        text.push_str(" ORDER BY started_at DESC, id DESC ");
+    } else {
+        text.push_str(
+            " ORDER BY CASE WHEN status = 'live' THEN 0 ELSE 1 END, started_at DESC, id DESC ",
+        );
+    }
     text.push_str(&limit);
     with_db!(db, pool => {
         let mut query = sqlx::query(sql(text));

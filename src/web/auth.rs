@@ -101,6 +101,7 @@ pub async fn callback(
         .await
     {
         Ok(Callback::RedirectToCli(url)) => Redirect::to(&url).into_response(),
+        Ok(Callback::Web(login)) => super::browser::logged_in(&deps, login),
         Err(e) => error_page(&e),
     }
 }

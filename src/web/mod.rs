@@ -5,7 +5,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod browser;
 pub mod error;
+pub mod openapi;
+pub mod trail;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -39,6 +43,14 @@ pub struct Deps {
     pub ssh_target_ca: String,
     /// The broker's token-signing keys as a JWKS document.
     pub jwks: serde_json::Value,
+    /// Where terminal recordings live (the web view replays them).
+    pub recordings_dir: std::path::PathBuf,
+    /// The audit checkpoint public key, for chain verification.
+    pub audit_key: Arc<Vec<u8>>,
+    /// `Secure` on the web session cookie (off only in `--dev`, plain HTTP).
+    pub secure_cookies: bool,
+    /// The web view's last chain verification.
+    pub verification: ui::Verification,
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then lets
@@ -82,6 +94,28 @@ pub fn router(deps: Deps) -> Router {
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/sessions/{id}", get(api::session))
         .route("/api/v1/sessions/{id}/terminate", post(api::terminate))
+        .route("/api/v1/sessions/{id}/recording", get(trail::api_recording))
+        .route("/api/v1/audit/events", get(trail::api_events))
+        .route("/api/v1/audit/logins", get(trail::api_logins))
+        .route("/api/v1/audit/export", get(trail::api_export))
+        .route("/api/v1/audit/verify", get(trail::api_verify))
+        .route("/openapi.json", get(openapi::document))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::root))
+        .route("/ui/login", get(browser::login))
+        .route("/ui/logout", post(browser::logout))
+        .route("/ui/logged-out", get(ui::logged_out))
+        .route("/ui/static/{name}", get(ui::asset))
+        .route("/ui/logins", get(ui::logins))
+        .route("/ui/sessions", get(ui::sessions))
+        .route("/ui/sessions/{id}", get(ui::session))
+        .route("/ui/sessions/{id}/recording", get(ui::recording))
+        .route("/ui/sessions/{id}/terminate", post(ui::terminate))
+        .route("/ui/credentials", get(ui::credentials))
+        .route("/ui/decisions", get(ui::decisions))
+        .route("/ui/events", get(ui::events))
+        .route("/ui/export", get(ui::export))
+        .route("/ui/verify", get(ui::verify).post(ui::verify_start))
         .layer(axum::middleware::from_fn_with_state(
             deps.clone(),
             count_requests,
@@ -89,6 +123,18 @@ pub fn router(deps: Deps) -> Router {
         .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
+        ))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(ui::CSP),
+        ))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
         ))
         .with_state(deps)
 }

@@ -14,3 +14,4 @@ mod postgres;
 mod serve;
 pub(crate) mod ssh;
 mod tidy;
+mod web;

@@ -13,11 +13,11 @@ use crate::support::{Login, Options, TestApp, eventually};
 
 /// A broker with an SSH target (a real sshd), a logged-in user, and the
 /// files OpenSSH needs.
-struct World {
-    app: TestApp,
-    sshd: Sshd,
-    login: Login,
-    files: tempfile::TempDir,
+pub(crate) struct World {
+    pub(crate) app: TestApp,
+    pub(crate) sshd: Sshd,
+    pub(crate) login: Login,
+    pub(crate) files: tempfile::TempDir,
 }
 
 pub(crate) fn targets(sshd: &Sshd) -> String {
@@ -85,7 +85,7 @@ async fn world_with(user: &str, extra: &str, env: &[(&str, &str)]) -> World {
     }
 }
 
-async fn world(user: &str) -> World {
+pub(crate) async fn world(user: &str) -> World {
     world_with(user, "", &[]).await
 }
 
@@ -107,7 +107,7 @@ pub(crate) fn write_identity(dir: &std::path::Path, login: &Login) {
 
 impl World {
     /// `ssh` to the broker as `user` (the target selector), batch mode, one identity.
-    fn ssh(&self, user: &str) -> tokio::process::Command {
+    pub(crate) fn ssh(&self, user: &str) -> tokio::process::Command {
         self.ssh_with(user, &self.files.path().join("id"))
     }
 

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """A headless stand-in for a person at a browser, for login tests.
 
-    browser.py URL [--stop-prefix PREFIX] [--post FIELD=VALUE ...]
+    browser.py URL [--stop-prefix PREFIX] [--print-cookie NAME]
 
 Keeps cookies, follows redirects one by one, submits the first form on a
 page (oidc-provider's device confirm page, form_post pages), and stops at a
 page without a form, or as soon as the next URL starts with PREFIX (without
 requesting it). Prints the last URL on stdout and, on a final page, its
 status and a short excerpt on stderr. Exit status 0 unless a request fails.
+
+With --print-cookie, a second stdout line holds that cookie's value (or
+is empty): how tests pick up the web view's session cookie.
 
 Used as $BROWSER for `pam login` (it ends by loading the CLI's loopback
 callback, as a browser would) and by tests that take the final redirect
@@ -32,12 +35,18 @@ def main(argv):
     stop = None
     if "--stop-prefix" in argv:
         stop = argv[argv.index("--stop-prefix") + 1]
+    cookie = argv[argv.index("--print-cookie") + 1] if "--print-cookie" in argv else None
     jar = http.cookiejar.CookieJar()
+
+    def done(last):
+        print(last)
+        if cookie is not None:
+            print(next((c.value for c in jar if c.name == cookie), ""))
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
     data = None
     for _ in range(30):
         if stop and url.startswith(stop):
-            print(url)
+            done(url)
             return 0
         body_bytes = urllib.parse.urlencode(data).encode() if data is not None else None
         request = urllib.request.Request(url, data=body_bytes, headers={"User-Agent": "pam-test-browser"})
@@ -62,7 +71,7 @@ def main(argv):
             data = {k: html.unescape(v) for k, v in fields.items()}
             url = urllib.parse.urljoin(url, html.unescape(form.group(1)))
             continue
-        print(url)
+        done(url)
         excerpt = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()[:300]
         print(f"final page: HTTP {status}: {excerpt}", file=sys.stderr)
         return 0

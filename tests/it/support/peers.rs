@@ -124,6 +124,23 @@ pub fn browse(url: &str, stop_prefix: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Like [`browse`], and also returns the value of cookie `name` the
+/// browser held at the end (empty if none).
+pub fn browse_for_cookie(url: &str, stop_prefix: &str, name: &str) -> (String, String) {
+    let out = Command::new("python3")
+        .arg(peers_dir().join("browser.py"))
+        .arg(url)
+        .args(["--stop-prefix", stop_prefix, "--print-cookie", name])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running the test browser");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let last = lines.next().unwrap_or_default().to_owned();
+    let cookie = lines.next().unwrap_or_default().to_owned();
+    (last, cookie)
+}
+
 /// A real OpenSSH server (the machine's /usr/sbin/sshd) as an SSH target,
 /// on its own port, for the `pamtest` account. It trusts the CAs written
 /// to its TrustedUserCAKeys file (read on every authentication, so a

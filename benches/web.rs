@@ -1,0 +1,2 @@
+//! Web view page times (placeholder until the seeded benchmark lands).
+fn main() {}

@@ -1,0 +1,255 @@
+//! The web view's browser session: the `pam_web` cookie (a broker token of
+//! the web audience, `HttpOnly`, `SameSite=Lax`, `Secure` outside `--dev`),
+//! the CSRF token derived from it, and the login/logout routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Form, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::Deps;
+use super::auth::client;
+use crate::domain::audit::{AuditEvent, EventKind, Outcome, now_us};
+use crate::domain::principal::Principal;
+use crate::identity::{AuthError, Client, WebLogin, safe_return_path};
+
+/// The cookie holding the web session token.
+pub const COOKIE: &str = "pam_web";
+
+/// A request from a browser with a live web session.
+pub struct WebUser {
+    pub principal: Principal,
+    pub client: Client,
+    /// The CSRF token every form of this session must carry.
+    pub csrf: String,
+}
+
+/// Why a browser request was not let in: pages send the browser to log in,
+/// anything else gets a plain status.
+pub enum NotLoggedIn {
+    Login { next: String },
+    Status(StatusCode, &'static str),
+}
+
+impl IntoResponse for NotLoggedIn {
+    fn into_response(self) -> Response {
+        match self {
+            NotLoggedIn::Login { next } => {
+                let mut url = url::form_urlencoded::Serializer::new(String::new());
+                url.append_pair("next", &next);
+                Redirect::to(&format!("/ui/login?{}", url.finish())).into_response()
+            }
+            NotLoggedIn::Status(status, message) => (status, message).into_response(),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Deps>> for WebUser {
+    type Rejection = NotLoggedIn;
+
+    async fn from_request_parts(parts: &mut Parts, deps: &Arc<Deps>) -> Result<Self, NotLoggedIn> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let client = client(addr, &parts.headers);
+        let login = || {
+            if parts.method == axum::http::Method::GET {
+                let next = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .filter(|p| safe_return_path(p))
+                    .unwrap_or_else(|| "/ui/".into());
+                NotLoggedIn::Login { next }
+            } else {
+                NotLoggedIn::Status(StatusCode::UNAUTHORIZED, "log in at /ui/login first\n")
+            }
+        };
+        let Some(token) = cookie(&parts.headers, COOKIE) else {
+            return Err(login());
+        };
+        match deps.identity.authenticate_web(&token).await {
+            Ok(principal) => Ok(WebUser {
+                principal,
+                client,
+                csrf: csrf_token(&token),
+            }),
+            Err(AuthError::Unavailable) => Err(NotLoggedIn::Status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the session store is unavailable\n",
+            )),
+            Err(e) => {
+                deps.audit
+                    .note(
+                        AuditEvent::new(EventKind::TokenRejected, Outcome::Denied)
+                            .source_ip(client.ip)
+                            .details(json!({
+                                "reason": e.to_string(),
+                                "path": parts.uri.path(),
+                                "client": "web",
+                                "user_agent": client.user_agent,
+                            })),
+                    )
+                    .await;
+                Err(login())
+            }
+        }
+    }
+}
+
+impl WebUser {
+    /// Checks a submitted form's CSRF token (constant time).
+    pub fn check_csrf(&self, submitted: &str) -> bool {
+        let (a, b) = (self.csrf.as_bytes(), submitted.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// The CSRF token of a web session: a one-way function of its cookie, so
+/// every broker in a fleet derives the same one and nothing is stored.
+fn csrf_token(token: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"pam web csrf v1\0");
+    hash.update(token.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.finalize()[..24])
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn set_cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let text =
+        format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("pam_web=; Max-Age=0"))
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+    login_hint: Option<String>,
+}
+
+/// `GET /ui/login`: off to the IdP (authorization code + PKCE, server side).
+pub async fn login(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    let client = client(addr, &headers);
+    let next = q
+        .next
+        .filter(|n| safe_return_path(n))
+        .unwrap_or_else(|| "/ui/".into());
+    match deps
+        .identity
+        .start_web_login(&next, q.login_hint.as_deref(), &client)
+        .await
+    {
+        Ok(url) => Redirect::to(&url).into_response(),
+        Err(e) => super::ui::message_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Login unavailable",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// Finishes a web login from `/auth/callback`: sets the cookie.
+pub fn logged_in(deps: &Deps, login: WebLogin) -> Response {
+    let max_age = ((login.expires_at_us - now_us()) / 1_000_000).max(0);
+    let mut response = Redirect::to(&login.return_to).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(login.token.expose_secret(), max_age, deps.secure_cookies),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /ui/logout`: revokes the web session and clears the cookie.
+pub async fn logout(
+    user: WebUser,
+    State(deps): State<Arc<Deps>>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !user.check_csrf(&form.csrf) {
+        return super::ui::csrf_refused(&deps, &user, "/ui/logout").await;
+    }
+    if let Err(e) = deps.identity.logout(&user.principal, &user.client).await {
+        tracing::warn!(error = %e, "web logout failed");
+    }
+    let mut response = Redirect::to("/ui/logged-out").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie("", 0, deps.secure_cookies));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; pam_web=tok.en; b=2"),
+        );
+        assert_eq!(cookie(&headers, COOKIE).as_deref(), Some("tok.en"));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    #[test]
+    fn csrf_tokens_differ_per_session_and_compare_exactly() {
+        let a = csrf_token("token-a");
+        assert_ne!(a, csrf_token("token-b"));
+        let user = WebUser {
+            principal: Principal {
+                identity: crate::domain::principal::UserIdentity {
+                    email: "a@example.test".into(),
+                    subject: "a".into(),
+                    name: None,
+                    groups: vec![],
+                    amr: vec![],
+                    mfa: false,
+                    method: crate::domain::principal::LoginMethod::Sso,
+                },
+                session_id: "s".into(),
+                expires_at_us: 0,
+            },
+            client: Client::default(),
+            csrf: a.clone(),
+        };
+        assert!(user.check_csrf(&a));
+        assert!(!user.check_csrf(""));
+        assert!(!user.check_csrf(&a[1..]));
+    }
+}
