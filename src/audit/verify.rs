@@ -67,7 +67,6 @@ pub async fn verify(
 ) -> Result<Report, store::Error> {
     let started = Instant::now();
     let checkpoints = store::audit::checkpoints(db).await?;
-    let head = store::audit::head(db).await?;
     let mut by_seq: HashMap<i64, &Checkpoint> = HashMap::new();
     let mut problems = Vec::new();
     let mut valid_checkpoints = 0usize;
@@ -92,43 +91,49 @@ pub async fn verify(
     let mut expected_seq = 1i64;
     let mut expected_prev: Vec<u8> = chain::GENESIS.to_vec();
     let mut checked = 0i64;
-    // The next page is read while this one is hashed.
-    let mut next = Some(tokio::spawn({
-        let db = db.clone();
-        async move { store::audit::range(&db, 1, PAGE).await }
-    }));
+    // A live broker keeps appending while we walk: the head is read after
+    // the walk, and events appended meanwhile are walked too (a few rounds).
+    let mut head;
+    let mut rounds = 0;
     loop {
-        let page = match next.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| store::Error::Invalid(format!("reader task: {e}")))??,
-            None => break,
-        };
-        if page.is_empty() {
-            break;
-        }
-        if page.len() == PAGE as usize {
-            let from = page[page.len() - 1].seq + 1;
+        // The next page is read while this one is hashed.
+        let mut next = Some(tokio::spawn({
             let db = db.clone();
-            next = Some(tokio::spawn(async move {
-                store::audit::range(&db, from, PAGE).await
-            }));
-        }
-        // Hashing is CPU work: off the async runtime.
-        let (page, hashes) = tokio::task::spawn_blocking(move || {
-            let hashes = hash_page(&page);
-            (page, hashes)
-        })
-        .await
-        .map_err(|e| store::Error::Invalid(format!("hashing task: {e}")))?;
-        // Hashes of this page, built on the first broken link only.
-        let mut index: Option<HashMap<&[u8], usize>> = None;
-        let mut last_problem: Option<usize> = None;
-        for (i, record) in page.iter().enumerate() {
-            let content_ok = hashes[i].as_slice() == record.hash.as_slice();
-            let mut link_checked = false;
-            if record.seq != expected_seq {
-                problems.push(Problem {
+            let from = expected_seq;
+            async move { store::audit::range(&db, from, PAGE).await }
+        }));
+        loop {
+            let page = match next.take() {
+                Some(task) => task
+                    .await
+                    .map_err(|e| store::Error::Invalid(format!("reader task: {e}")))??,
+                None => break,
+            };
+            if page.is_empty() {
+                break;
+            }
+            if page.len() == PAGE as usize {
+                let from = page[page.len() - 1].seq + 1;
+                let db = db.clone();
+                next = Some(tokio::spawn(async move {
+                    store::audit::range(&db, from, PAGE).await
+                }));
+            }
+            // Hashing is CPU work: off the async runtime.
+            let (page, hashes) = tokio::task::spawn_blocking(move || {
+                let hashes = hash_page(&page);
+                (page, hashes)
+            })
+            .await
+            .map_err(|e| store::Error::Invalid(format!("hashing task: {e}")))?;
+            // Hashes of this page, built on the first broken link only.
+            let mut index: Option<HashMap<&[u8], usize>> = None;
+            let mut last_problem: Option<usize> = None;
+            for (i, record) in page.iter().enumerate() {
+                let content_ok = hashes[i].as_slice() == record.hash.as_slice();
+                let mut link_checked = false;
+                if record.seq != expected_seq {
+                    problems.push(Problem {
                     kind: ProblemKind::Deleted,
                     seq: expected_seq,
                     event_id: Some(record.id.clone()),
@@ -140,29 +145,29 @@ pub async fn verify(
                         record.seq
                     ),
                 });
-                last_problem = Some(i);
-                link_checked = true;
-            }
-            if !link_checked && record.prev_hash != expected_prev {
-                let index = index.get_or_insert_with(|| {
-                    page.iter()
-                        .enumerate()
-                        .map(|(k, r)| (r.hash.as_slice(), k))
-                        .collect()
-                });
-                let displaced = index.contains_key(record.prev_hash.as_slice());
-                let explained = last_problem.is_some_and(|p| i - p <= 2);
-                if !(displaced && explained) {
-                    problems.push(classify_link(&page, i, &expected_prev, displaced));
                     last_problem = Some(i);
+                    link_checked = true;
                 }
-            } else if !link_checked && !content_ok {
-                // The next event chaining onto this one's predecessor means
-                // this one was slipped in between them.
-                let inserted = page
-                    .get(i + 1)
-                    .is_some_and(|next| next.prev_hash == record.prev_hash);
-                problems.push(Problem {
+                if !link_checked && record.prev_hash != expected_prev {
+                    let index = index.get_or_insert_with(|| {
+                        page.iter()
+                            .enumerate()
+                            .map(|(k, r)| (r.hash.as_slice(), k))
+                            .collect()
+                    });
+                    let displaced = index.contains_key(record.prev_hash.as_slice());
+                    let explained = last_problem.is_some_and(|p| i - p <= 2);
+                    if !(displaced && explained) {
+                        problems.push(classify_link(&page, i, &expected_prev, displaced));
+                        last_problem = Some(i);
+                    }
+                } else if !link_checked && !content_ok {
+                    // The next event chaining onto this one's predecessor means
+                    // this one was slipped in between them.
+                    let inserted = page
+                        .get(i + 1)
+                        .is_some_and(|next| next.prev_hash == record.prev_hash);
+                    problems.push(Problem {
                     kind: if inserted { ProblemKind::Inserted } else { ProblemKind::Changed },
                     seq: record.seq,
                     event_id: Some(record.id.clone()),
@@ -178,13 +183,13 @@ pub async fn verify(
                         )
                     },
                 });
-                last_problem = Some(i);
-            }
-            if let Some(checkpoint) = by_seq.get(&record.seq) {
-                // A checkpoint pins the hash the chain had when it was signed:
-                // a rewritten chain (all hashes recomputed) fails here.
-                if checkpoint.hash != record.hash || !content_ok {
-                    problems.push(Problem {
+                    last_problem = Some(i);
+                }
+                if let Some(checkpoint) = by_seq.get(&record.seq) {
+                    // A checkpoint pins the hash the chain had when it was signed:
+                    // a rewritten chain (all hashes recomputed) fails here.
+                    if checkpoint.hash != record.hash || !content_ok {
+                        problems.push(Problem {
                         kind: ProblemKind::Checkpoint,
                         seq: record.seq,
                         event_id: Some(record.id.clone()),
@@ -193,16 +198,22 @@ pub async fn verify(
                             record.seq, record.id
                         ),
                     });
-                } else {
-                    valid_checkpoints += 1;
-                    last_checkpoint = Some((*checkpoint).clone());
+                    } else {
+                        valid_checkpoints += 1;
+                        last_checkpoint = Some((*checkpoint).clone());
+                    }
                 }
+                expected_prev.clone_from(&record.hash);
+                expected_seq = record.seq + 1;
+                checked += 1;
             }
-            expected_prev.clone_from(&record.hash);
-            expected_seq = record.seq + 1;
-            checked += 1;
+            progress(checked);
         }
-        progress(checked);
+        head = store::audit::head(db).await?;
+        rounds += 1;
+        if head.seq < expected_seq || rounds >= 5 {
+            break;
+        }
     }
 
     let last_seq = expected_seq - 1;

@@ -27,6 +27,10 @@ pub enum AuditCommand {
     },
     /// List audit events, newest first.
     Events(EventsArgs),
+    /// The login history (successes, failures, lockouts), newest first.
+    Logins(EventsArgs),
+    /// Brokered sessions, live first.
+    Sessions(SessionsArgs),
     /// Replay a recorded session in the terminal.
     Play {
         /// The session id (from `pam audit events` or the web view).
@@ -55,6 +59,31 @@ pub enum AuditCommand {
         #[arg(long)]
         print_acks: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this user's sessions (email).
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// ssh, ecs or postgres.
+    #[arg(long)]
+    kind: Option<String>,
+    /// live or ended.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only sessions started at or after this time.
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -90,7 +119,9 @@ pub struct EventsArgs {
 pub async fn run(command: AuditCommand, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify { store, json } => verify_command(&store, json, &env).await,
-        AuditCommand::Events(args) => events_command(args, &env).await,
+        AuditCommand::Events(args) => events_command(args, false, &env).await,
+        AuditCommand::Logins(args) => events_command(args, true, &env).await,
+        AuditCommand::Sessions(args) => sessions_command(args, &env).await,
         AuditCommand::Play {
             session,
             speed,
@@ -111,7 +142,26 @@ async fn verify_command(
     json: bool,
     env: &HashMap<String, String>,
 ) -> anyhow::Result<ExitCode> {
-    let config = store.load(env)?;
+    let config = match source(store, env)? {
+        Source::Store(config) => config,
+        Source::Broker(broker) => {
+            eprintln!(
+                "pam: verifying the chain through {} (this walks every event)",
+                broker.url
+            );
+            let report: serde_json::Value = broker.get_slow("/api/v1/audit/verify").await?;
+            if json {
+                println!("{report}");
+            } else {
+                print_remote_report(&report);
+            }
+            return Ok(if report["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+    };
     let keys = KeyMaterial::load(&config.keys_dir())?;
     let db = crate::app::open_store(&config).await?;
     let interactive = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -182,12 +232,66 @@ async fn verify_command(
     })
 }
 
+/// Where `pam audit` reads: the store named by `--config`/`--data-dir`,
+/// else the broker the user logged in to (as an auditor), else a dev
+/// broker's `./pam-data`.
+enum Source {
+    Store(crate::config::Config),
+    Broker(super::broker::Broker),
+}
+
+fn source(store: &StoreArgs, env: &HashMap<String, String>) -> anyhow::Result<Source> {
+    if store.direct() {
+        return Ok(Source::Store(store.load(env)?));
+    }
+    let home = super::home::Home::locate(env)?;
+    if home.token().is_some() {
+        return Ok(Source::Broker(super::broker::Broker::from_home(
+            &home, env,
+        )?));
+    }
+    if std::path::Path::new("./pam-data").is_dir() {
+        return Ok(Source::Store(store.load(env)?));
+    }
+    anyhow::bail!(
+        "not logged in: run `pam login` (auditors read through the broker), or pass --config / --data-dir to read a broker's store directly"
+    )
+}
+
+fn print_remote_report(report: &serde_json::Value) {
+    if report["ok"] == true {
+        println!(
+            "ok: {} events, {} checkpoints, chain intact ({} ms)",
+            report["events"], report["checkpoints"], report["elapsed_ms"]
+        );
+    } else {
+        println!("BROKEN: the audit trail was tampered with");
+        for p in report["problems"].as_array().into_iter().flatten() {
+            println!(
+                "  {} at event {}: {}",
+                p["kind"].as_str().unwrap_or("?"),
+                p["seq"],
+                p["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            q.append_pair(k, v);
+        }
+    }
+    q.finish()
+}
+
 async fn events_command(
     args: EventsArgs,
+    logins: bool,
     env: &HashMap<String, String>,
 ) -> anyhow::Result<ExitCode> {
-    let config = args.store.load(env)?;
-    let db = crate::app::open_store(&config).await?;
     for kind in &args.kind {
         if EventKind::parse(kind).is_none() {
             anyhow::bail!(
@@ -201,23 +305,88 @@ async fn events_command(
     {
         anyhow::bail!("--outcome must be success, failure or denied");
     }
-    let filter = EventFilter {
-        kinds: args.kind.clone(),
-        actor: args.user.clone(),
-        target: args.target.clone(),
-        session_id: args.session.clone(),
-        outcome: args.outcome.clone(),
-        since_us: args.since.as_deref().map(parse_time).transpose()?,
-        until_us: args.until.as_deref().map(parse_time).transpose()?,
-        limit: args.limit,
-        ..EventFilter::default()
+    let kinds = if logins {
+        ["login.success", "login.failure", "login.lockout"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        args.kind.clone()
     };
-    let events = crate::store::audit::list(&db, &filter).await?;
+    let events: Vec<serde_json::Value> = match source(&args.store, env)? {
+        Source::Store(config) => {
+            let db = crate::app::open_store(&config).await?;
+            let filter = EventFilter {
+                kinds,
+                actor: args.user.clone(),
+                target: args.target.clone(),
+                session_id: args.session.clone(),
+                outcome: args.outcome.clone(),
+                since_us: args.since.as_deref().map(parse_time).transpose()?,
+                until_us: args.until.as_deref().map(parse_time).transpose()?,
+                limit: args.limit,
+                ..EventFilter::default()
+            };
+            let events = crate::store::audit::list(&db, &filter).await?;
+            db.close().await;
+            events.iter().map(|e| e.to_json()).collect()
+        }
+        Source::Broker(broker) => {
+            let path = if logins {
+                "/api/v1/audit/logins"
+            } else {
+                "/api/v1/audit/events"
+            };
+            let q = query(&[
+                ("kind", (!args.kind.is_empty()).then(|| args.kind.join(","))),
+                ("user", args.user.clone()),
+                ("target", args.target.clone()),
+                ("session", args.session.clone()),
+                ("outcome", args.outcome.clone()),
+                ("since", args.since.clone()),
+                ("until", args.until.clone()),
+                ("limit", Some(args.limit.clamp(1, 1000).to_string())),
+            ]);
+            let page: serde_json::Value = broker.get(&format!("{path}?{q}")).await?;
+            page["events"].as_array().cloned().unwrap_or_default()
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {
         for event in &events {
-            writeln!(out, "{}", event.to_json())?;
+            writeln!(out, "{event}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    if logins {
+        writeln!(
+            out,
+            "{:<27}  {:<28}  {:<7}  {:<15}  {:<12}  {:<10}  REASON",
+            "TIME (UTC)", "USER", "OUTCOME", "SOURCE IP", "MFA", "METHOD"
+        )?;
+        for e in &events {
+            let d = &e["details"];
+            let amr = d["amr"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{:<27}  {:<28}  {:<7}  {:<15}  {:<12}  {:<10}  {}",
+                s(&e["time"]),
+                s(&e["actor"]),
+                s(&e["outcome"]),
+                s(&e["source_ip"]),
+                amr,
+                d["method"].as_str().unwrap_or("-"),
+                d["reason"].as_str().unwrap_or("")
+            )?;
         }
     } else {
         writeln!(
@@ -229,17 +398,84 @@ async fn events_command(
             writeln!(
                 out,
                 "{:<27}  {:<22}  {:<7}  {:<28}  {:<16}  {:<15}  {}",
-                format_us(e.time_us),
-                e.kind,
-                e.outcome,
-                e.actor.as_deref().unwrap_or("-"),
-                e.target.as_deref().unwrap_or("-"),
-                e.source_ip.as_deref().unwrap_or("-"),
-                e.details
+                s(&e["time"]),
+                s(&e["kind"]),
+                s(&e["outcome"]),
+                s(&e["actor"]),
+                s(&e["target"]),
+                s(&e["source_ip"]),
+                e["details"]
             )?;
         }
     }
-    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sessions_command(
+    args: SessionsArgs,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    let sessions: Vec<crate::domain::session::SessionRecord> = match source(&args.store, env)? {
+        Source::Store(config) => {
+            let db = crate::app::open_store(&config).await?;
+            let filter = crate::domain::session::SessionFilter {
+                user: args.user.clone(),
+                target: args.target.clone(),
+                kind: args.kind.clone(),
+                status: args.status.clone(),
+                since_us: args.since.as_deref().map(parse_time).transpose()?,
+                limit: args.limit,
+                ..Default::default()
+            };
+            let rows = crate::store::sessions::list(&db, &filter).await?;
+            db.close().await;
+            rows
+        }
+        Source::Broker(broker) => {
+            if args.since.is_some() {
+                anyhow::bail!(
+                    "--since reads the store directly only (use the web view's filters, or --config)"
+                );
+            }
+            let q = query(&[
+                ("user", args.user.clone()),
+                ("target", args.target.clone()),
+                ("kind", args.kind.clone()),
+                ("status", args.status.clone()),
+                ("limit", Some(args.limit.to_string())),
+            ]);
+            broker.get(&format!("/api/v1/sessions?{q}")).await?
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        for s in &sessions {
+            writeln!(out, "{}", serde_json::to_string(s)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<8}  {:<28}  {:<18}  {:<27}  {:<8}  {:>10}  END",
+        "SESSION", "KIND", "USER", "TARGET", "STARTED (UTC)", "STATUS", "DURATION"
+    )?;
+    let now = crate::domain::audit::now_us();
+    for s in &sessions {
+        let secs = (s.ended_at.unwrap_or(now) - s.started_at) / 1_000_000;
+        writeln!(
+            out,
+            "{:<36}  {:<8}  {:<28}  {:<18}  {:<27}  {:<8}  {:>10}  {}",
+            s.id,
+            s.kind,
+            s.user_email,
+            s.target,
+            format_us(s.started_at),
+            s.status,
+            format!("{}:{:02}:{:02}", secs / 3600, (secs % 3600) / 60, secs % 60),
+            s.end_reason.as_deref().unwrap_or("")
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -305,21 +541,33 @@ async fn play_command(
     if !crate::audit::recording::valid_session_id(session) {
         anyhow::bail!("{session:?} is not a session id");
     }
-    let config = store.load(env)?;
-    let db = crate::app::open_store(&config).await?;
-    let record = crate::store::sessions::get(&db, session).await?;
-    db.close().await;
-    let record = record.with_context(|| format!("no session {session}"))?;
-    let relative = record.recording.with_context(|| {
-        format!(
-            "session {session} has no terminal recording (kind {})",
-            record.kind
-        )
-    })?;
-    let path = config.recordings_dir().join(&relative);
-    let text = tokio::fs::read_to_string(&path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))?;
+    let (record, text) = match source(store, env)? {
+        Source::Store(config) => {
+            let db = crate::app::open_store(&config).await?;
+            let record = crate::store::sessions::get(&db, session).await?;
+            db.close().await;
+            let record = record.with_context(|| format!("no session {session}"))?;
+            let relative = record.recording.clone().with_context(|| {
+                format!(
+                    "session {session} has no terminal recording (kind {})",
+                    record.kind
+                )
+            })?;
+            let path = config.recordings_dir().join(&relative);
+            let text = tokio::fs::read_to_string(&path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            (record, text)
+        }
+        Source::Broker(broker) => {
+            let record: crate::domain::session::SessionRecord =
+                broker.get(&format!("/api/v1/sessions/{session}")).await?;
+            let bytes = broker
+                .get_bytes(&format!("/api/v1/sessions/{session}/recording"))
+                .await?;
+            (record, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
     if let Some(expected) = &record.recording_sha256 {
         use sha2::Digest;
         let actual = hex::encode(sha2::Sha256::digest(text.as_bytes()));

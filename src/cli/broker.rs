@@ -67,6 +67,30 @@ impl Broker {
         .await
     }
 
+    /// GET with a long timeout, for work that walks the whole trail.
+    pub async fn get_slow<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let request = self
+            .authorize(self.http.get(self.endpoint(path)))
+            .timeout(Duration::from_secs(4 * 3600));
+        decode(
+            path,
+            request.send().await.with_context(|| self.unreachable())?,
+        )
+        .await
+    }
+
+    /// GET a non-JSON body (recordings, exports) as bytes.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<bytes::Bytes> {
+        let request = self.authorize(self.http.get(self.endpoint(path)));
+        let response = request.send().await.with_context(|| self.unreachable())?;
+        let status = response.status();
+        let body = response.bytes().await.with_context(|| self.unreachable())?;
+        if !status.is_success() {
+            bail!("{}", error_message(status, &body));
+        }
+        Ok(body)
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -147,6 +147,11 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// Whether the caller named a store to read directly.
+    fn direct(&self) -> bool {
+        self.config.is_some() || self.data_dir.is_some()
+    }
+
     fn load(&self, env: &HashMap<String, String>) -> anyhow::Result<Config> {
         let config = match (&self.config, &self.data_dir) {
             (Some(path), _) => Config::load(path, env)?,

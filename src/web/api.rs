@@ -179,6 +179,11 @@ pub async fn terminate(
     if reason.is_empty() {
         return Err(Error::BadRequest("a reason is required".into()));
     }
+    if reason.chars().any(char::is_control) || reason.len() > 500 {
+        return Err(Error::BadRequest(
+            "the reason must be one line of at most 500 bytes".into(),
+        ));
+    }
     match deps
         .sessions
         .terminate(&id, principal.email(), reason)

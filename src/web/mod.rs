@@ -116,6 +116,7 @@ pub fn router(deps: Deps) -> Router {
         .route("/ui/events", get(ui::events))
         .route("/ui/export", get(ui::export))
         .route("/ui/verify", get(ui::verify).post(ui::verify_start))
+        .layer(axum::middleware::from_fn(refuse_nul))
         .layer(axum::middleware::from_fn_with_state(
             deps.clone(),
             count_requests,
@@ -137,6 +138,17 @@ pub fn router(deps: Deps) -> Router {
             HeaderValue::from_static("same-origin"),
         ))
         .with_state(deps)
+}
+
+/// Refuses NUL bytes anywhere in the path or query: no store can hold
+/// them in text, and no honest client sends them.
+async fn refuse_nul(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = request.uri().to_string();
+    if uri.contains('\0') || uri.to_ascii_lowercase().contains("%00") {
+        return error::Error::BadRequest("NUL bytes are not allowed in URLs".into())
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn count_requests(

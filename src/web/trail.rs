@@ -164,7 +164,16 @@ impl View {
             View::Logins => LOGIN_KINDS.map(String::from).to_vec(),
             View::Decisions => vec!["policy.decision".into()],
             View::Credentials => CREDENTIAL_KINDS.map(String::from).to_vec(),
-            View::Events | View::Sessions => f.kind().into_iter().collect(),
+            View::Events | View::Sessions => f
+                .kind()
+                .map(|k| {
+                    k.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         let before_seq = nonempty(&f.before)
             .map(|b| {

@@ -837,7 +837,11 @@ pub async fn terminate(
             "That is not a session id.",
         );
     }
-    let reason: String = reason.chars().take(500).collect();
+    let reason: String = reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(500)
+        .collect();
     match deps
         .sessions
         .terminate(&id, user.principal.email(), &reason)

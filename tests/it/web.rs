@@ -386,8 +386,7 @@ async fn chromium_logs_in_replays_terminates_and_exports() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let done = w.app.events("session.end").await;
-    let finished = done[0].session_id.clone().unwrap();
+    let finished = ended_session(&w.app).await;
     // The session page escapes it (server side).
     let alice = Web::login(&w.app, "alice").await;
     let page = alice.page(&format!("/ui/sessions/{finished}")).await;
@@ -491,6 +490,21 @@ async fn chromium_logs_in_replays_terminates_and_exports() {
     assert_eq!(w.app.events("audit.export").await.len(), 1);
 }
 
+/// The id of the first session that ended (its end is recorded just after
+/// the client sees the exit).
+async fn ended_session(app: &TestApp) -> String {
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !app.events("session.end").await.is_empty()
+        })
+        .await
+    );
+    app.events("session.end").await[0]
+        .session_id
+        .clone()
+        .unwrap()
+}
+
 /// Starts a full chain verification from the web view and waits for it.
 async fn run_verification(web: &Web, csrf: &str) -> String {
     let started = web.post("/ui/verify", &[("csrf", csrf)]).await;
@@ -521,4 +535,96 @@ fn artifacts_dir() -> std::path::PathBuf {
         .join("web");
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_the_trail_through_the_broker() {
+    let w = crate::ssh::world("bob").await;
+    let out = w
+        .ssh("web-dev")
+        .arg("echo cli-replay-42")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let session = ended_session(&w.app).await;
+    let home = tempfile::tempdir().unwrap();
+    let pam = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+        cmd.args(args)
+            .env("PAM_HOME", home.path())
+            .env_remove("PAM_CONFIG")
+            .current_dir(home.path())
+            .stdin(Stdio::null());
+        cmd
+    };
+    // Before logging in: one clear line.
+    let out = pam(&["audit", "logins"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pam login"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let login = pam(&["login", "--broker", &w.app.base_url, "--login-hint", "erin"])
+        .env(
+            "BROWSER",
+            format!("python3 {}", peers_dir().join("browser.py").display()),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let text = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let logins = text(
+        &pam(&["audit", "logins", "--user", "bob@example.test"])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        logins.contains("bob@example.test") && logins.contains("success"),
+        "{logins}"
+    );
+    assert!(!logins.contains("erin@example.test"), "{logins}");
+    let sessions = text(
+        &pam(&["audit", "sessions", "--json"])
+            .output()
+            .await
+            .unwrap(),
+    );
+    let first: serde_json::Value = serde_json::from_str(sessions.lines().next().unwrap()).unwrap();
+    assert_eq!(first["id"], session.as_str());
+    let events = text(
+        &pam(&["audit", "events", "--kind", "ssh.exec", "--json"])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert!(events.contains("cli-replay-42"), "{events}");
+    let played = text(
+        &pam(&["audit", "play", &session, "--speed", "100"])
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert!(played.contains("cli-replay-42"), "{played}");
+    let verified = text(&pam(&["audit", "verify"]).output().await.unwrap());
+    assert!(verified.starts_with("ok:"), "{verified}");
+    // Every one of those reads is in the trail.
+    let views = w.app.event_details("audit.view").await;
+    for view in ["api:logins", "api:events", "recording", "api:verify"] {
+        assert!(views.iter().any(|v| v["view"] == view), "{view}: {views:?}");
+    }
 }
