@@ -262,8 +262,12 @@ async fn seed(data_dir: &Path, events: u64) -> anyhow::Result<()> {
             ),
             6..30 => (
                 "policy.decision",
-                if r % 10 == 0 { "denied" } else { "success" },
-                json!({"action": "ssh", "decision": if r % 10 == 0 { "deny" } else { "allow" }, "policies": ["engineers-dev-shell"]}),
+                if r.is_multiple_of(10) {
+                    "denied"
+                } else {
+                    "success"
+                },
+                json!({"action": "ssh", "decision": if r.is_multiple_of(10) { "deny" } else { "allow" }, "policies": ["engineers-dev-shell"]}),
                 Some(target),
                 None,
             ),

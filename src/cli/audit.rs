@@ -236,13 +236,13 @@ async fn verify_command(
 /// else the broker the user logged in to (as an auditor), else a dev
 /// broker's `./pam-data`.
 enum Source {
-    Store(crate::config::Config),
+    Store(Box<crate::config::Config>),
     Broker(super::broker::Broker),
 }
 
 fn source(store: &StoreArgs, env: &HashMap<String, String>) -> anyhow::Result<Source> {
     if store.direct() {
-        return Ok(Source::Store(store.load(env)?));
+        return Ok(Source::Store(Box::new(store.load(env)?)));
     }
     let home = super::home::Home::locate(env)?;
     if home.token().is_some() {
@@ -251,7 +251,7 @@ fn source(store: &StoreArgs, env: &HashMap<String, String>) -> anyhow::Result<So
         )?));
     }
     if std::path::Path::new("./pam-data").is_dir() {
-        return Ok(Source::Store(store.load(env)?));
+        return Ok(Source::Store(Box::new(store.load(env)?)));
     }
     anyhow::bail!(
         "not logged in: run `pam login` (auditors read through the broker), or pass --config / --data-dir to read a broker's store directly"
