@@ -455,6 +455,19 @@ impl Identity {
             )
             .await;
         let identity = self.admit(identity, client, LoginMethod::Sso).await?;
+        let return_to = request.cli_redirect.clone().unwrap_or_default();
+        self.open_web_session(identity, client, &return_to).await
+    }
+
+    /// Opens a web view session for an admitted identity: the session row,
+    /// a web-audience token, `login.success` and `token.issued` (durable
+    /// before the cookie is set).
+    async fn open_web_session(
+        &self,
+        identity: UserIdentity,
+        client: &Client,
+        return_to: &str,
+    ) -> Result<WebLogin, LoginError> {
         let now = now_us();
         let expires_at = now + self.inner.web_ttl.as_micros() as i64;
         let jti = uuid::Uuid::now_v7().to_string();
@@ -525,10 +538,9 @@ impl Identity {
         Ok(WebLogin {
             token: SecretString::from(token),
             expires_at_us: expires_at,
-            return_to: request
-                .cli_redirect
-                .clone()
+            return_to: Some(return_to)
                 .filter(|p| safe_return_path(p))
+                .map(String::from)
                 .unwrap_or_else(|| "/ui/".into()),
         })
     }
@@ -789,6 +801,86 @@ impl Identity {
         proof: &str,
         client: &Client,
     ) -> Result<LoginResponse, LoginError> {
+        let (who, account) = self
+            .check_breakglass(username, password, totp, client)
+            .await?;
+        let key = cert::verify_proof(public_key, &format!("breakglass:{username}"), proof).map_err(
+            |reason| LoginError::BadRequest(format!("proof of possession failed: {reason}")),
+        );
+        let key = match key {
+            Ok(key) => key,
+            Err(e) => {
+                return Err(self
+                    .refuse(
+                        Some(&who),
+                        client,
+                        LoginMethod::Breakglass,
+                        &e.to_string(),
+                        json!({}),
+                    )
+                    .await);
+            }
+        };
+        let identity = breakglass_identity(username, account.groups.clone());
+        self.inner
+            .audit
+            .gate(
+                AuditEvent::new(EventKind::BreakglassUsed, Outcome::Success)
+                    .actor(&identity.email)
+                    .source_ip(client.ip)
+                    .details(json!({
+                        "username": username,
+                        "groups": identity.groups,
+                        "user_agent": client.user_agent,
+                    })),
+            )
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        self.open_session(identity, &key, client, json!({"breakglass": true}))
+            .await
+    }
+
+    /// A break-glass login to the web view (for when the IdP is down, and
+    /// `--dev`): the same checks and `breakglass.used` record as the CLI's.
+    pub async fn breakglass_web_login(
+        &self,
+        username: &str,
+        password: &SecretString,
+        totp: &SecretString,
+        return_to: &str,
+        client: &Client,
+    ) -> Result<WebLogin, LoginError> {
+        let (_, account) = self
+            .check_breakglass(username, password, totp, client)
+            .await?;
+        let identity = breakglass_identity(username, account.groups.clone());
+        self.inner
+            .audit
+            .gate(
+                AuditEvent::new(EventKind::BreakglassUsed, Outcome::Success)
+                    .actor(&identity.email)
+                    .source_ip(client.ip)
+                    .details(json!({
+                        "username": username,
+                        "groups": identity.groups,
+                        "client": "web",
+                        "user_agent": client.user_agent,
+                    })),
+            )
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        self.open_web_session(identity, client, return_to).await
+    }
+
+    /// Password, TOTP (each step once) and lockouts of a break-glass
+    /// login; every refusal is a `login.failure`.
+    async fn check_breakglass(
+        &self,
+        username: &str,
+        password: &SecretString,
+        totp: &SecretString,
+        client: &Client,
+    ) -> Result<(UserIdentity, store::identity::BreakglassAccount), LoginError> {
         self.check_ip_lock(client).await?;
         let who = breakglass_identity(username, Vec::new());
         self.check_user_lock(&who.email).await?;
@@ -851,40 +943,7 @@ impl Identity {
                 )
                 .await);
         }
-        let key = cert::verify_proof(public_key, &format!("breakglass:{username}"), proof).map_err(
-            |reason| LoginError::BadRequest(format!("proof of possession failed: {reason}")),
-        );
-        let key = match key {
-            Ok(key) => key,
-            Err(e) => {
-                return Err(self
-                    .refuse(
-                        Some(&who),
-                        client,
-                        LoginMethod::Breakglass,
-                        &e.to_string(),
-                        json!({}),
-                    )
-                    .await);
-            }
-        };
-        let identity = breakglass_identity(username, account.groups.clone());
-        self.inner
-            .audit
-            .gate(
-                AuditEvent::new(EventKind::BreakglassUsed, Outcome::Success)
-                    .actor(&identity.email)
-                    .source_ip(client.ip)
-                    .details(json!({
-                        "username": username,
-                        "groups": identity.groups,
-                        "user_agent": client.user_agent,
-                    })),
-            )
-            .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
-        self.open_session(identity, &key, client, json!({"breakglass": true}))
-            .await
+        Ok((who, account))
     }
 
     // ---- sessions and tokens ---------------------------------------------

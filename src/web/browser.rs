@@ -148,9 +148,15 @@ fn set_cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
 pub struct LoginQuery {
     next: Option<String>,
     login_hint: Option<String>,
+    /// Show the break-glass form instead of going to the IdP.
+    breakglass: Option<String>,
 }
 
-/// `GET /ui/login`: off to the IdP (authorization code + PKCE, server side).
+/// The cookie that pairs the break-glass form with its POST (login CSRF).
+const LOGIN_CSRF: &str = "pam_login_csrf";
+
+/// `GET /ui/login`: off to the IdP (authorization code + PKCE, server side);
+/// the break-glass form when SSO is not configured or `?breakglass=1`.
 pub async fn login(
     State(deps): State<Arc<Deps>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -162,6 +168,9 @@ pub async fn login(
         .next
         .filter(|n| safe_return_path(n))
         .unwrap_or_else(|| "/ui/".into());
+    if q.breakglass.is_some() || !deps.identity.sso_enabled() {
+        return breakglass_form(&deps, &next, None, StatusCode::OK);
+    }
     match deps
         .identity
         .start_web_login(&next, q.login_hint.as_deref(), &client)
@@ -173,6 +182,87 @@ pub async fn login(
             "Login unavailable",
             &e.to_string(),
         ),
+    }
+}
+
+fn breakglass_form(deps: &Deps, next: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let csrf = crate::identity::oidc::random_token(24);
+    let mut response =
+        super::ui::breakglass_page(next, &csrf, error, deps.identity.sso_enabled(), status);
+    let secure = if deps.secure_cookies { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{LOGIN_CSRF}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=600{secure}"
+    )) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+pub struct BreakglassForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    totp: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `POST /ui/login/breakglass`: a break-glass account logs in to the web
+/// view (password + TOTP; audited as `breakglass.used`).
+pub async fn breakglass_login(
+    State(deps): State<Arc<Deps>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<BreakglassForm>,
+) -> Response {
+    let client = client(addr, &headers);
+    let next = Some(form.next.as_str())
+        .filter(|n| safe_return_path(n))
+        .unwrap_or("/ui/")
+        .to_owned();
+    let paired = cookie(&headers, LOGIN_CSRF).is_some_and(|c| {
+        c.len() == form.csrf.len()
+            && c.bytes()
+                .zip(form.csrf.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    });
+    if !paired {
+        deps.audit
+            .note(
+                AuditEvent::new(EventKind::TokenRejected, Outcome::Denied)
+                    .source_ip(client.ip)
+                    .details(json!({"reason": "missing or wrong CSRF token", "path": "/ui/login/breakglass"})),
+            )
+            .await;
+        return breakglass_form(
+            &deps,
+            &next,
+            Some("The form expired; try again."),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let password = secrecy::SecretString::from(form.password);
+    let totp = secrecy::SecretString::from(form.totp);
+    match deps
+        .identity
+        .breakglass_web_login(form.username.trim(), &password, &totp, &next, &client)
+        .await
+    {
+        Ok(login) => logged_in(&deps, login),
+        Err(e) => {
+            let status = match e {
+                crate::identity::LoginError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
+                crate::identity::LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            breakglass_form(&deps, &next, Some(&e.to_string()), status)
+        }
     }
 }
 

@@ -103,6 +103,7 @@ pub fn router(deps: Deps) -> Router {
         .route("/ui", get(ui::root))
         .route("/ui/", get(ui::root))
         .route("/ui/login", get(browser::login))
+        .route("/ui/login/breakglass", post(browser::breakglass_login))
         .route("/ui/logout", post(browser::logout))
         .route("/ui/logged-out", get(ui::logged_out))
         .route("/ui/static/{name}", get(ui::asset))

@@ -93,6 +93,46 @@ pub fn message_page(status: StatusCode, title: &str, message: &str) -> Response 
     )
 }
 
+/// The break-glass login form (no session yet, so no layout).
+pub fn breakglass_page(
+    next: &str,
+    csrf: &str,
+    error: Option<&str>,
+    sso: bool,
+    status: StatusCode,
+) -> Response {
+    html_response(
+        status,
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { "pam: break-glass login" }
+                    link rel="stylesheet" href="/ui/static/app.css";
+                }
+                body.message {
+                    main {
+                        h1 { "Break-glass login" }
+                        p { "For when the identity provider is unavailable. Every use is recorded as "
+                            code { "breakglass.used" } " and shown to auditors." }
+                        @if let Some(error) = error { p.broken #login-error { (error) } }
+                        form.breakglass method="post" action="/ui/login/breakglass" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="hidden" name="next" value=(next);
+                            p { label { "Account " input name="username" autocomplete="username" required; } }
+                            p { label { "Password " input type="password" name="password" autocomplete="current-password" required; } }
+                            p { label { "TOTP code " input name="totp" inputmode="numeric" autocomplete="one-time-code" required; } }
+                            button type="submit" { "Log in" }
+                        }
+                        @if sso { p { a href={ "/ui/login?next=" (next) } { "Log in with SSO instead" } } }
+                    }
+                }
+            }
+        },
+    )
+}
+
 fn layout(user: &WebUser, title: &str, active: &str, body: Markup) -> Markup {
     layout_with(user, title, active, html! {}, body)
 }

@@ -628,3 +628,106 @@ async fn the_cli_reads_the_trail_through_the_broker() {
         assert!(views.iter().any(|v| v["view"] == view), "{view}: {views:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_accounts_log_in_to_the_web_view_loudly() {
+    // No IdP configured: /ui/login shows the break-glass form.
+    let app = TestApp::spawn().await;
+    let out = app
+        .pam()
+        .args(["admin", "breakglass", "add", "ops"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (password, secret) = (field("password:"), field("TOTP secret:"));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = http
+        .get(app.url("/ui/login?next=/ui/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    let set_cookie = form.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let login_cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let page = form.text().await.unwrap();
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = page[at..at + page[at..].find('"').unwrap()].to_owned();
+    let post = |fields: Vec<(&'static str, String)>, cookie: Option<String>| {
+        let mut request = http.post(app.url("/ui/login/breakglass")).form(&fields);
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send()
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    let code = pam::identity::breakglass::current_code(&secret, now).unwrap();
+    let fields = |password: &str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("username", "ops".to_owned()),
+            ("password", password.to_owned()),
+            ("totp", code.clone()),
+            ("next", "/ui/events".to_owned()),
+        ]
+    };
+    // A cross-site POST (no login cookie) is refused.
+    let forged = post(fields(&password), None).await.unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    // A wrong password is a clear 401 and a login.failure.
+    let wrong = post(fields("nope"), Some(login_cookie.clone()))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.text().await.unwrap().contains("login-error"));
+    let ok = post(fields(&password), Some(login_cookie)).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    assert_eq!(ok.headers()[LOCATION], "/ui/events");
+    let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("Secure"),
+        "not --dev: the cookie is Secure: {cookie}"
+    );
+    let web = Web {
+        base: app.base_url.clone(),
+        cookie: cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("pam_web=")
+            .to_owned(),
+        http: http.clone(),
+    };
+    // Break-glass may do anything; its use is flagged on the pages.
+    let page = web.page("/ui/events").await;
+    assert!(
+        page.contains("class=\"outcome-success breakglass\""),
+        "{page}"
+    );
+    let used = app.event_details("breakglass.used").await;
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0]["client"], "web");
+    let failures = app.event_details("login.failure").await;
+    assert!(
+        failures.iter().any(|f| f["reason"] == "wrong password"),
+        "{failures:?}"
+    );
+}
