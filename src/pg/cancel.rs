@@ -26,6 +26,9 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub pid: i32,
     pub key: Vec<u8>,
+    /// The SSM target of a database reached through a port route: a
+    /// cancel request opens a route of its own.
+    pub via: Option<(crate::aws::Aws, String)>,
 }
 
 #[derive(Clone)]
@@ -147,35 +150,55 @@ impl Registry {
 pub async fn send(upstream: &Upstream) -> std::io::Result<()> {
     let request = protocol::cancel_request(upstream.pid, &upstream.key);
     let work = async {
-        let mut tcp = TcpStream::connect(&upstream.address).await?;
-        match &upstream.tls {
+        match &upstream.via {
             None => {
-                tcp.write_all(&request).await?;
-                tcp.flush().await?;
-                // The server closes when done; wait for that briefly.
-                let mut byte = [0u8; 1];
-                let _ = tcp.read(&mut byte).await;
+                let tcp = TcpStream::connect(&upstream.address).await?;
+                send_on(tcp, upstream, &request).await
             }
-            Some(config) => {
-                tcp.write_all(&protocol::ssl_request()).await?;
-                let mut answer = [0u8; 1];
-                tcp.read_exact(&mut answer).await?;
-                if answer[0] != b'S' {
-                    return Err(std::io::Error::other(
-                        "the server refused TLS for the cancel request",
-                    ));
-                }
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let mut tls = connector.connect(upstream.server_name.clone(), tcp).await?;
-                tls.write_all(&request).await?;
-                tls.flush().await?;
-                let mut byte = [0u8; 1];
-                let _ = tls.read(&mut byte).await;
+            Some((aws, ssm_target)) => {
+                let (route, stream) =
+                    super::upstream::open_route(aws, ssm_target, &upstream.address)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                let sent = send_on(stream, upstream, &request).await;
+                let _ = route.close().await;
+                sent
             }
         }
-        Ok(())
     };
     tokio::time::timeout(upstream.connect_timeout, work)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+}
+
+async fn send_on<S>(mut io: S, upstream: &Upstream, request: &[u8]) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match &upstream.tls {
+        None => {
+            io.write_all(request).await?;
+            io.flush().await?;
+            // The server closes when done; wait for that briefly.
+            let mut byte = [0u8; 1];
+            let _ = io.read(&mut byte).await;
+        }
+        Some(config) => {
+            io.write_all(&protocol::ssl_request()).await?;
+            let mut answer = [0u8; 1];
+            io.read_exact(&mut answer).await?;
+            if answer[0] != b'S' {
+                return Err(std::io::Error::other(
+                    "the server refused TLS for the cancel request",
+                ));
+            }
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let mut tls = connector.connect(upstream.server_name.clone(), io).await?;
+            tls.write_all(request).await?;
+            tls.flush().await?;
+            let mut byte = [0u8; 1];
+            let _ = tls.read(&mut byte).await;
+        }
+    }
+    Ok(())
 }

@@ -138,15 +138,21 @@ pub async fn serve(
     Ok(())
 }
 
-/// A connection, in cleartext or TLS (client or server side).
+/// A connection, in cleartext or TLS (client or server side), or to a
+/// database through an SSM port route.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Routed(Box<upstream::Routed>),
 }
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(_) => true,
+            Stream::Routed(r) => r.is_tls(),
+        }
     }
 }
 
@@ -159,6 +165,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Routed(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -172,6 +179,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Routed(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -179,6 +187,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Routed(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -186,6 +195,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Routed(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -187,6 +187,7 @@ pub async fn handle(
                     "address": pg.address,
                     "tls": upstream::tls_mode(pg.tls),
                     "client_tls": stream.is_tls(),
+                    "via_ssm_target": pg.via.as_ref().map(|v| v.ssm_target.clone()),
                 }),
             },
         )

@@ -53,6 +53,112 @@ impl Error {
     }
 }
 
+/// The transport of a database reached through an SSM port route (the
+/// broker runs outside the VPC): the forwarded connection, TLS on top when
+/// the target asks for it, and the route, closed when the connection goes.
+pub struct Routed {
+    io: RoutedIo,
+    route: Option<crate::ecs::Port>,
+}
+
+enum RoutedIo {
+    Plain(crate::ssm::port::Stream),
+    Tls(Box<tokio_rustls::client::TlsStream<crate::ssm::port::Stream>>),
+}
+
+impl Routed {
+    pub fn is_tls(&self) -> bool {
+        matches!(self.io, RoutedIo::Tls(_))
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        if let Some(port) = self.route.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = port.close().await {
+                    tracing::warn!(error = %e, "closing the SSM port route");
+                }
+            });
+        }
+    }
+}
+
+macro_rules! routed_io {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.get_mut().io {
+            RoutedIo::Plain($s) => $e,
+            RoutedIo::Tls(tls) => {
+                let $s = tls.as_mut();
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for Routed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        routed_io!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for Routed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        routed_io!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        routed_io!(self, s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        routed_io!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Opens an SSM port route to `address` through `ssm_target` and one
+/// forwarded connection on it.
+pub async fn open_route(
+    aws: &Aws,
+    ssm_target: &str,
+    address: &str,
+) -> Result<(crate::ecs::Port, crate::ssm::port::Stream), Error> {
+    let unreachable = |reason: String| Error::Unreachable {
+        address: format!("{address} via {ssm_target}"),
+        reason,
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| Error::Config(format!("address {address:?} is not HOST:PORT")))?;
+    let route = crate::ecs::open_port(aws, ssm_target, host, port)
+        .await
+        .map_err(|e| unreachable(format!("SSM port route: {e}")))?;
+    match route.connect().await {
+        Ok(stream) => Ok((route, stream)),
+        Err(e) => {
+            let _ = route.close().await;
+            Err(unreachable(format!("SSM port route: {e}")))
+        }
+    }
+}
+
 /// A logged-in database connection, before its first query.
 pub struct Connected {
     pub stream: Stream,
@@ -211,6 +317,11 @@ impl Upstreams {
     ) -> Result<Connected, Error> {
         let timeout = target.connect_timeout.0;
         let address = target.address.clone();
+        if let Some(via) = &target.via {
+            return self
+                .attempt_routed(target, &via.ssm_target, tls, database, params, login)
+                .await;
+        }
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(&address))
             .await
             .map_err(|_| Error::Unreachable {
@@ -249,6 +360,63 @@ impl Upstreams {
                 connect_timeout: timeout,
                 pid,
                 key,
+                via: None,
+            },
+            db_user: login.user.clone(),
+        })
+    }
+
+    /// [`Self::attempt`] through an SSM port route (`via.ssm_target`).
+    async fn attempt_routed(
+        &self,
+        target: &PostgresTarget,
+        ssm_target: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        database: &str,
+        params: &[(String, String)],
+        login: &Login,
+    ) -> Result<Connected, Error> {
+        let timeout = target.connect_timeout.0;
+        let address = target.address.clone();
+        let late = |what: &str| Error::Unreachable {
+            address: format!("{address} via {ssm_target}"),
+            reason: format!("{what} did not finish within {}", target.connect_timeout),
+        };
+        let (route, io) =
+            tokio::time::timeout(timeout, open_route(&self.aws, ssm_target, &address))
+                .await
+                .map_err(|_| late("the SSM port route"))??;
+        let server_name =
+            tls::server_name(&address).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let handshake = async {
+            let io = match &tls {
+                None => RoutedIo::Plain(io),
+                Some(config) => RoutedIo::Tls(Box::new(
+                    client_tls(io, config.clone(), server_name.clone()).await?,
+                )),
+            };
+            let stream = Stream::Routed(Box::new(Routed {
+                io,
+                route: Some(route),
+            }));
+            login_on(stream, database, params, login).await
+        };
+        let (stream, parameter_status, status, pid, key) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| late("the login"))??;
+        Ok(Connected {
+            tls: stream.is_tls(),
+            stream,
+            parameter_status,
+            status,
+            cancel: cancel::Upstream {
+                address,
+                tls,
+                server_name,
+                connect_timeout: timeout,
+                pid,
+                key,
+                via: Some((self.aws.clone(), ssm_target.to_owned())),
             },
             db_user: login.user.clone(),
         })
@@ -256,25 +424,39 @@ impl Upstreams {
 }
 
 async fn start_tls(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     config: Arc<rustls::ClientConfig>,
     server_name: rustls::pki_types::ServerName<'static>,
 ) -> Result<Stream, Error> {
-    let io = |e: std::io::Error| Error::Tls(e.to_string());
-    tcp.write_all(&protocol::ssl_request()).await.map_err(io)?;
+    let tls = client_tls(tcp, config, server_name).await?;
+    Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
+}
+
+/// `SSLRequest`, then the TLS handshake, on any transport.
+async fn client_tls<S>(
+    mut io: S,
+    config: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+) -> Result<tokio_rustls::client::TlsStream<S>, Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let failed = |e: std::io::Error| Error::Tls(e.to_string());
+    io.write_all(&protocol::ssl_request())
+        .await
+        .map_err(failed)?;
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.map_err(io)?;
+    io.read_exact(&mut answer).await.map_err(failed)?;
     match answer[0] {
         b'S' => {}
         b'N' => return Err(Error::Tls("the database does not offer TLS".into())),
         _ => return Err(Error::Protocol("unexpected answer to SSLRequest".into())),
     }
     let connector = tokio_rustls::TlsConnector::from(config);
-    let tls = connector
-        .connect(server_name, tcp)
+    connector
+        .connect(server_name, io)
         .await
-        .map_err(|e| Error::Tls(e.to_string()))?;
-    Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
+        .map_err(|e| Error::Tls(e.to_string()))
 }
 
 type LoggedIn = (Stream, Vec<u8>, u8, i32, Vec<u8>);

@@ -1082,3 +1082,76 @@ async fn gssapi_is_declined_tls_is_offered_and_unknown_cancel_keys_are_dropped()
     .await;
     assert!(dropped, "the unknown cancel key is audited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_behind_an_ssm_port_route_works_like_a_direct_one() {
+    // The broker runs outside the VPC: it reaches the database through an
+    // SSM port-forwarding session (the fake control plane and agent in
+    // tests/, bridging to the real SCRAM PostgreSQL), TLS end to end.
+    let db = ScramDb::create().await;
+    let fake = crate::support::fake_aws::FakeAws::start(None).await;
+    let toml = format!(
+        "{}via = {{ ssm_target = \"i-0123456789abcdef0\" }}\n",
+        target("orders-routed", &db, r#"env = "dev""#).await
+    );
+    let mut env = aws_env();
+    env.insert("AWS_ENDPOINT_URL_SSM".into(), fake.url.clone());
+    let app = TestApp::spawn_with(Options {
+        toml,
+        env,
+        idp: true,
+        ..Options::default()
+    })
+    .await;
+    let bob = token(&app, "bob").await;
+    let conn = via_broker(&app, "bob@example.test", "orders-routed");
+    let sql = "select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()";
+    let through = stdout(&psql(&conn, &bob, &["-c", sql]).await);
+    assert_eq!(
+        through.trim(),
+        format!("{}|t", db.role),
+        "TLS to the database over the route"
+    );
+    // Cancelling goes over a route of its own.
+    let slow = psql(
+        &conn,
+        &bob,
+        &[
+            "-c",
+            "set statement_timeout = '20s'",
+            "-c",
+            "select pg_sleep(0.2)",
+        ],
+    )
+    .await;
+    stdout(&slow);
+
+    let starts = fake.calls("StartSession");
+    assert!(!starts.is_empty());
+    assert_eq!(starts[0]["Target"], "i-0123456789abcdef0");
+    assert_eq!(
+        starts[0]["DocumentName"],
+        "AWS-StartPortForwardingSessionToRemoteHost"
+    );
+    assert_eq!(starts[0]["Parameters"]["host"][0], "127.0.0.1");
+    assert_eq!(
+        starts[0]["Parameters"]["portNumber"][0],
+        db.port.to_string()
+    );
+    let sessions = app.event_details("session.start").await;
+    assert_eq!(
+        sessions[0]["details"]["via_ssm_target"], "i-0123456789abcdef0",
+        "{sessions:?}"
+    );
+    // Every route is closed once its session ends (TerminateSession).
+    let _ = queries(&app).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            fake.calls("TerminateSession").len() >= starts.len()
+        })
+        .await,
+        "routes left open: {} started, {} terminated",
+        fake.calls("StartSession").len(),
+        fake.calls("TerminateSession").len()
+    );
+}
