@@ -225,6 +225,7 @@ pub async fn run_with(
         audit_key: Arc::new(keys.audit.public_bytes().to_vec()),
         secure_cookies: !config.dev,
         verification: web::ui::Verification::default(),
+        trusted_proxies: Arc::new(config.server.trusted_proxies.clone()),
     };
     let failed = CancellationToken::new();
     spawn_room(

@@ -38,6 +38,66 @@ pub struct Config {
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigError(pub Vec<String>);
 
+/// An IP network such as `10.0.0.0/16` (a bare address is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix must be 0..={max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let bits = |a: IpAddr| -> (bool, u128) {
+            match a.to_canonical() {
+                IpAddr::V4(v4) => (true, u128::from(u32::from(v4)) << 96),
+                IpAddr::V6(v6) => (false, u128::from(v6)),
+            }
+        };
+        let (net_v4, net) = bits(self.addr);
+        let (ip_v4, ip) = bits(ip);
+        if net_v4 != ip_v4 {
+            return false;
+        }
+        let prefix = u32::from(self.prefix);
+        if prefix == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - prefix);
+        net & mask == ip & mask
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Cidr::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A duration written like `15m`, `8h`, `1h30m`, `90s` or `500ms`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -104,6 +164,10 @@ section! {
         ssh_public_addr: Option<String> = None,
         /// `host:port` users reach the PostgreSQL listener at.
         postgres_public_addr: Option<String> = None,
+        /// Networks of the load balancers in front of the HTTP room (e.g. the
+        /// ALB's subnets): from them, the client address is read from
+        /// `X-Forwarded-For`. Empty: the header is ignored.
+        trusted_proxies: Vec<Cidr> = Vec::new(),
     }
 }
 
@@ -996,6 +1060,27 @@ mod tests {
                 db_user: "pam_ro".into()
             }
         );
+    }
+
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.1".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(!net.contains("fd00::1".parse().unwrap()));
+        let host = Cidr::parse("192.0.2.7").unwrap();
+        assert!(host.contains("192.0.2.7".parse().unwrap()));
+        assert!(!host.contains("192.0.2.8".parse().unwrap()));
+        let v6 = Cidr::parse("fd00:ab::/32").unwrap();
+        assert!(v6.contains("fd00:ab:1::9".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("ten/8").is_err());
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Deps {
     pub secure_cookies: bool,
     /// The web view's last chain verification.
     pub verification: ui::Verification,
+    /// Load balancers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<crate::config::Cidr>>,
 }
 
 /// Serves HTTP on `listener` until `shutdown` is cancelled, then lets
@@ -117,6 +119,10 @@ pub fn router(deps: Deps) -> Router {
         .route("/ui/events", get(ui::events))
         .route("/ui/export", get(ui::export))
         .route("/ui/verify", get(ui::verify).post(ui::verify_start))
+        .layer(axum::middleware::from_fn_with_state(
+            deps.clone(),
+            forwarded_for,
+        ))
         .layer(axum::middleware::from_fn(refuse_nul))
         .layer(axum::middleware::from_fn_with_state(
             deps.clone(),
@@ -139,6 +145,68 @@ pub fn router(deps: Deps) -> Router {
             HeaderValue::from_static("same-origin"),
         ))
         .with_state(deps)
+}
+
+/// Behind trusted load balancers, the client is the right-most address in
+/// `X-Forwarded-For` that is not itself a trusted proxy; every handler then
+/// sees (and audits) that address.
+async fn forwarded_for(
+    State(deps): State<Arc<Deps>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !deps.trusted_proxies.is_empty()
+        && let Some(axum::extract::ConnectInfo(peer)) = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .copied()
+    {
+        let header = request
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = client_address(peer.ip(), &header, &deps.trusted_proxies);
+        if client != peer.ip() {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+                    client, 0,
+                )));
+        }
+    }
+    next.run(request).await
+}
+
+/// The client address behind `peer` given an `X-Forwarded-For` value.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    forwarded_for: &str,
+    trusted: &[crate::config::Cidr],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded_for.rsplit(',') {
+        let hop = hop.trim();
+        if hop.is_empty() {
+            continue;
+        }
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            // Garbage (or a port, which load balancers do not add): stop
+            // at the last address we could vouch for.
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// Refuses NUL bytes anywhere in the path or query: no store can hold
@@ -203,4 +271,38 @@ fn public_key(line: &str) -> Response {
         format!("{line}\n"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_address;
+    use crate::config::Cidr;
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let trusted = [Cidr::parse("10.0.0.0/16").unwrap()];
+        let alb = "10.0.3.4".parse().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            client_address(alb, "198.51.100.7", &trusted),
+            ip("198.51.100.7")
+        );
+        // A client cannot forge its way past the proxy: the left part is theirs.
+        assert_eq!(
+            client_address(alb, "1.2.3.4, 198.51.100.7", &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(alb, "198.51.100.7, 10.0.9.9", &trusted),
+            ip("198.51.100.7")
+        );
+        // Untrusted peers are never overridden.
+        assert_eq!(
+            client_address(ip("203.0.113.1"), "198.51.100.7", &trusted),
+            ip("203.0.113.1")
+        );
+        // Garbage stops the walk at the last good address.
+        assert_eq!(client_address(alb, "nonsense", &trusted), alb);
+        assert_eq!(client_address(alb, "", &trusted), alb);
+    }
 }

@@ -731,3 +731,36 @@ async fn break_glass_accounts_log_in_to_the_web_view_loudly() {
         "{failures:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_audited() {
+    let trusted = TestApp::spawn_with(Options {
+        env: [(
+            "PAM_SERVER__TRUSTED_PROXIES".to_owned(),
+            r#"["127.0.0.0/8"]"#.to_owned(),
+        )]
+        .into_iter()
+        .collect(),
+        ..Options::default()
+    })
+    .await;
+    let plain = TestApp::spawn().await;
+    let http = reqwest::Client::new();
+    for app in [&trusted, &plain] {
+        let r = http
+            .get(app.url("/api/v1/auth/whoami"))
+            .bearer_auth("not-a-token")
+            .header("x-forwarded-for", "192.0.2.1, 198.51.100.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let seen = |events: Vec<pam::domain::audit::EventRecord>| {
+        events[0].source_ip.clone().unwrap_or_default()
+    };
+    // From a trusted proxy: the right-most untrusted hop, not the forgeable left part.
+    assert_eq!(seen(trusted.events("token.rejected").await), "198.51.100.7");
+    // Without trusted proxies the header is ignored.
+    assert_eq!(seen(plain.events("token.rejected").await), "127.0.0.1");
+}

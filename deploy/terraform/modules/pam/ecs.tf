@@ -74,6 +74,8 @@ locals {
     { name = "PAM_SERVER__POSTGRES_PUBLIC_ADDR", value = "${var.tunnel_hostname}:${local.postgres_port}" },
     { name = "PAM_SERVER__DATA_DIR", value = local.data_dir },
     { name = "PAM_SERVER__KEYS_DIR", value = local.keys_dir },
+    # The ALB's subnets: from there, the client address is X-Forwarded-For's.
+    { name = "PAM_SERVER__TRUSTED_PROXIES", value = jsonencode([for s in data.aws_subnet.load_balancer : s.cidr_block]) },
     { name = "PAM_AWS__REGION", value = local.region },
     { name = "PAM_LOG", value = var.log_level },
     { name = "PAM_LOG_FORMAT", value = "json" },
@@ -269,4 +271,11 @@ resource "aws_ecs_service" "broker" {
     aws_iam_role_policy.execution,
     aws_iam_role_policy.task,
   ]
+}
+
+# The load balancers' subnets, whose addresses the broker trusts to report
+# the client in X-Forwarded-For (the ALB appends it).
+data "aws_subnet" "load_balancer" {
+  for_each = toset(var.load_balancer_subnet_ids)
+  id       = each.value
 }
