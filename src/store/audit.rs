@@ -222,13 +222,15 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
         params.push(param);
         clauses.push(clause.replace('?', &format!("${}", params.len())));
     }
-    if !f.kinds.is_empty() {
-        let mut holes = Vec::new();
-        for kind in &f.kinds {
-            params.push(Param::Text(kind.clone()));
-            holes.push(format!("${}", params.len()));
-        }
-        clauses.push(format!("kind IN ({})", holes.join(", ")));
+    // One kind is a clause; several become one branch each (below), so
+    // that every branch walks an index in `seq` order.
+    let mut kind_holes = Vec::new();
+    for kind in &f.kinds {
+        params.push(Param::Text(kind.clone()));
+        kind_holes.push(format!("${}", params.len()));
+    }
+    if kind_holes.len() == 1 {
+        clauses.push(format!("kind = {}", kind_holes[0]));
     }
     if let Some(v) = &f.actor {
         push(
@@ -272,21 +274,13 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
     }
     if let Some(since) = f.since_us {
         // Every event at or after `since` has a seq at least this large.
-        if let Some(low) = seq_bound(
-            db,
-            "SELECT MIN(seq) FROM audit_events WHERE ts >= $1",
-            since,
-        )
-        .await?
-        {
+        if let Some(low) = seq_bound(db, "MIN", "ts >= $1", since).await? {
             push(&mut clauses, &mut params, "seq >= ?", Param::Int(low));
         }
         push(&mut clauses, &mut params, "ts >= ?", Param::Int(since));
     }
     if let Some(until) = f.until_us {
-        if let Some(high) =
-            seq_bound(db, "SELECT MAX(seq) FROM audit_events WHERE ts < $1", until).await?
-        {
+        if let Some(high) = seq_bound(db, "MAX", "ts < $1", until).await? {
             push(&mut clauses, &mut params, "seq <= ?", Param::Int(high));
         }
         push(&mut clauses, &mut params, "ts < ?", Param::Int(until));
@@ -297,25 +291,76 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
     if let Some(v) = f.after_seq {
         push(&mut clauses, &mut params, "seq > ?", Param::Int(v));
     }
-    let mut text = format!("SELECT {COLUMNS} FROM audit_events");
-    if !clauses.is_empty() {
-        text.push_str(" WHERE ");
-        text.push_str(&clauses.join(" AND "));
-    }
-    text.push_str(if f.ascending {
+    let order = if f.ascending {
         " ORDER BY seq ASC"
     } else {
         " ORDER BY seq DESC"
-    });
+    };
     params.push(Param::Int(i64::from(f.limit.clamp(1, 10_000))));
-    text.push_str(&format!(" LIMIT ${}", params.len()));
+    let limit = format!(" LIMIT ${}", params.len());
+    let select = |kind: Option<&str>| {
+        let mut text = format!("SELECT {COLUMNS} FROM audit_events");
+        let mut all: Vec<String> = kind.map(|k| format!("kind = {k}")).into_iter().collect();
+        all.extend(clauses.iter().cloned());
+        if !all.is_empty() {
+            text.push_str(" WHERE ");
+            text.push_str(&all.join(" AND "));
+        }
+        text.push_str(order);
+        text.push_str(&limit);
+        text
+    };
+    if kind_holes.len() <= 1 {
+        return Ok((select(None), params));
+    }
+    // Several kinds: newest (or oldest) `limit` of each through the
+    // (kind, ...) indexes, merged. A single `kind IN (...)` made SQLite
+    // sort every event of those kinds (300 ms at 10 million events).
+    let branches: Vec<String> = kind_holes
+        .iter()
+        .enumerate()
+        .map(|(i, hole)| format!("SELECT * FROM ({}) AS k{i}", select(Some(hole))))
+        .collect();
+    let text = format!("{}{order}{limit}", branches.join(" UNION ALL "));
     Ok((text, params))
 }
 
-async fn seq_bound(db: &Db, query: &'static str, ts: i64) -> Result<Option<i64>> {
-    with_db!(db, pool => {
-        Ok(sqlx::query_scalar::<_, Option<i64>>(query).bind(ts).fetch_one(pool).await?)
-    })
+/// `MIN(seq)` / `MAX(seq)` of the events on one side of a time, through
+/// the `ts` index. Left alone, both planners answer `MIN(seq) WHERE ts >= x`
+/// by walking the primary key until `ts` matches: every event older than
+/// `x` (a second over 10 million events).
+async fn seq_bound(
+    db: &Db,
+    aggregate: &'static str,
+    condition: &'static str,
+    ts: i64,
+) -> Result<Option<i64>> {
+    match db.pool() {
+        super::Pool::Sqlite(pool) => {
+            let text = format!(
+                "SELECT {aggregate}(seq) FROM audit_events INDEXED BY audit_events_ts WHERE {condition}"
+            );
+            Ok(
+                sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(text))
+                    .bind(ts)
+                    .fetch_one(pool)
+                    .await?,
+            )
+        }
+        super::Pool::Postgres(pool) => {
+            // OFFSET 0 keeps the subquery from being flattened into the
+            // min/max rewrite.
+            let text = format!(
+                "SELECT {aggregate}(seq) FROM (SELECT seq FROM audit_events WHERE {condition} OFFSET 0) AS t"
+            );
+            Ok(
+                sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(text))
+                    .bind(ts)
+                    .fetch_one(pool)
+                    .await?,
+            )
+        }
+    }
 }
 
 /// Decodes a row of [`COLUMNS`] by position (cheaper than by name, which

@@ -194,6 +194,9 @@ pub async fn list(db: &Db, f: &SessionFilter) -> Result<Vec<SessionRecord>> {
         push("started_at < ?", Param::Int(v), &mut clauses);
     }
     if let Some((ts, id)) = &f.before {
+        // The plain range first: it lets the index seek to the page instead
+        // of walking every newer session (the OR alone hides it).
+        push("started_at <= ?", Param::Int(*ts), &mut clauses);
         push("(started_at < ?", Param::Int(*ts), &mut clauses);
         let first = clauses.pop().unwrap_or_default();
         push("started_at = ?", Param::Int(*ts), &mut clauses);
