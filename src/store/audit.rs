@@ -298,8 +298,28 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
     };
     params.push(Param::Int(i64::from(f.limit.clamp(1, 10_000))));
     let limit = format!(" LIMIT ${}", params.len());
+    // SQLite has no statistics for the newer indexes unless ANALYZE ran,
+    // and then takes (kind, outcome, seq) for `kind = ?` and sorts every
+    // event of the kind. Name the index that keeps `seq` order where the
+    // choice is clear; leave actor and IP filters to the planner.
+    let hint = match db.pool() {
+        super::Pool::Sqlite(_)
+            if !f.kinds.is_empty()
+                && f.actor.is_none()
+                && f.source_ip.is_none()
+                && f.session_id.is_none()
+                && f.target.is_none() =>
+        {
+            if f.outcome.is_some() {
+                " INDEXED BY audit_events_kind_outcome_seq"
+            } else {
+                " INDEXED BY audit_events_kind_seq"
+            }
+        }
+        _ => "",
+    };
     let select = |kind: Option<&str>| {
-        let mut text = format!("SELECT {COLUMNS} FROM audit_events");
+        let mut text = format!("SELECT {COLUMNS} FROM audit_events{hint}");
         let mut all: Vec<String> = kind.map(|k| format!("kind = {k}")).into_iter().collect();
         all.extend(clauses.iter().cloned());
         if !all.is_empty() {
