@@ -229,8 +229,15 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
         params.push(Param::Text(kind.clone()));
         kind_holes.push(format!("${}", params.len()));
     }
+    // With a more selective filter (an actor, an IP, a session, a target)
+    // one walk of its index checks the kinds; otherwise each kind gets its
+    // own walk of the kind index, merged (below).
+    let narrowed =
+        f.actor.is_some() || f.source_ip.is_some() || f.session_id.is_some() || f.target.is_some();
     if kind_holes.len() == 1 {
         clauses.push(format!("kind = {}", kind_holes[0]));
+    } else if narrowed && !kind_holes.is_empty() {
+        clauses.push(format!("kind IN ({})", kind_holes.join(", ")));
     }
     if let Some(v) = &f.actor {
         push(
@@ -298,25 +305,29 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
     };
     params.push(Param::Int(i64::from(f.limit.clamp(1, 10_000))));
     let limit = format!(" LIMIT ${}", params.len());
-    // SQLite has no statistics for the newer indexes unless ANALYZE ran,
-    // and then takes (kind, outcome, seq) for `kind = ?` and sorts every
-    // event of the kind. Name the index that keeps `seq` order where the
-    // choice is clear; leave actor and IP filters to the planner.
+    // SQLite, without statistics (no ANALYZE), picks indexes that lose the
+    // `seq` order and then sorts every matching event (hundreds of ms at
+    // 10 million events). Name the index for the most selective filter;
+    // each keeps `seq` order within its key.
     let hint = match db.pool() {
-        super::Pool::Sqlite(_)
-            if !f.kinds.is_empty()
-                && f.actor.is_none()
-                && f.source_ip.is_none()
-                && f.session_id.is_none()
-                && f.target.is_none() =>
-        {
-            if f.outcome.is_some() {
+        super::Pool::Sqlite(_) => {
+            if f.session_id.is_some() {
+                " INDEXED BY audit_events_session"
+            } else if f.actor.is_some() {
+                " INDEXED BY audit_events_actor_seq"
+            } else if f.source_ip.is_some() {
+                " INDEXED BY audit_events_ip_seq"
+            } else if f.target.is_some() {
+                " INDEXED BY audit_events_target_seq"
+            } else if !f.kinds.is_empty() && f.outcome.is_some() {
                 " INDEXED BY audit_events_kind_outcome_seq"
-            } else {
+            } else if !f.kinds.is_empty() {
                 " INDEXED BY audit_events_kind_seq"
+            } else {
+                ""
             }
         }
-        _ => "",
+        super::Pool::Postgres(_) => "",
     };
     let select = |kind: Option<&str>| {
         let mut text = format!("SELECT {COLUMNS} FROM audit_events{hint}");
@@ -330,7 +341,7 @@ async fn list_sql(db: &Db, f: &EventFilter) -> Result<(String, Vec<Param>)> {
         text.push_str(&limit);
         text
     };
-    if kind_holes.len() <= 1 {
+    if kind_holes.len() <= 1 || narrowed {
         return Ok((select(None), params));
     }
     // Several kinds: newest (or oldest) `limit` of each through the
