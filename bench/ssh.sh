@@ -141,7 +141,9 @@ rate() { # label, command...
   local end=$(( $(date +%s) + RATE_SECS )) ok=0 fail=0
   rm -f "$W/rate.ok" "$W/rate.fail"
   worker() { while [ "$(date +%s)" -lt "$end" ]; do if "$@" true 2>/dev/null; then echo >> "$W/rate.ok"; else echo >> "$W/rate.fail"; fi; done; }
-  for _ in $(seq 1 16); do worker "$@" & done; wait
+  local workers=()
+  for _ in $(seq 1 16); do worker "$@" & workers+=($!); done
+  wait "${workers[@]}"  # not a bare `wait`: the broker and sshd are children too
   ok=$(wc -l < "$W/rate.ok" 2>/dev/null || echo 0); fail=$(wc -l < "$W/rate.fail" 2>/dev/null || echo 0)
   echo "new sessions ($label): $(awk -v n="$ok" -v s="$RATE_SECS" 'BEGIN{printf "%.0f", n/s}')/s over ${RATE_SECS}s, $fail errors"
 }
