@@ -358,6 +358,8 @@ async fn schemathesis_finds_no_server_error() {
             &format!("Authorization: Bearer {}", erin.response.token),
         ])
         .env("SCHEMATHESIS_HOOKS", "")
+        // It keeps a cache in the working directory: not in the project.
+        .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
         .output()
         .await
