@@ -195,21 +195,63 @@ async fn write_loop(
 
 /// Appends `[time, kind, "text"]\n` for the complete UTF-8 part of
 /// `carry ++ data`; an incomplete trailing sequence waits for the next chunk.
+/// Invalid bytes become U+FFFD, as `String::from_utf8_lossy` does. This runs
+/// for every chunk of output, so it escapes straight into `line`.
 fn encode(line: &mut String, time: f64, kind: &str, carry: &mut Vec<u8>, data: &[u8]) {
-    carry.extend_from_slice(data);
-    let complete = match std::str::from_utf8(carry) {
-        Ok(_) => carry.len(),
-        Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        Err(_) => carry.len(),
+    let joined: std::borrow::Cow<'_, [u8]> = if carry.is_empty() {
+        std::borrow::Cow::Borrowed(data)
+    } else {
+        let mut bytes = std::mem::take(carry);
+        bytes.extend_from_slice(data);
+        std::borrow::Cow::Owned(bytes)
     };
+    let bytes = &joined[..];
+    let complete = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    carry.clear();
+    carry.extend_from_slice(&bytes[complete..]);
     if complete == 0 {
         return;
     }
-    let text = String::from_utf8_lossy(&carry[..complete]);
-    line.push_str(&format!("[{time:.6}, \"{kind}\", "));
-    line.push_str(&serde_json::Value::String(text.into_owned()).to_string());
-    line.push_str("]\n");
-    carry.drain(..complete);
+    use std::fmt::Write as _;
+    let _ = write!(line, "[{time:.6}, \"{kind}\", \"");
+    for chunk in bytes[..complete].utf8_chunks() {
+        escape_json(line, chunk.valid());
+        if !chunk.invalid().is_empty() {
+            line.push('\u{FFFD}');
+        }
+    }
+    line.push_str("\"]\n");
+}
+
+/// JSON string escaping (quote, backslash, control characters).
+fn escape_json(out: &mut String, text: &str) {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if short.is_empty() {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{:04x}", b));
+        } else {
+            out.push_str(short);
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
 }
 
 /// Where a session's recording goes under the recordings directory.
@@ -231,6 +273,34 @@ pub fn valid_session_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_escaped_exactly_like_serde_json() {
+        let samples: [&[u8]; 6] = [
+            b"plain text\n",
+            b"quote \" backslash \\ tab\t cr\r bell\x07 esc\x1b[31m nul\x00",
+            "h\u{e9}llo \u{20ac} \u{1f600}".as_bytes(),
+            b"bad \xff\xfe bytes",
+            b"\x08\x0c\x7f",
+            b"",
+        ];
+        for sample in samples {
+            let mut line = String::new();
+            let mut carry = Vec::new();
+            encode(&mut line, 1.5, "o", &mut carry, sample);
+            if sample.is_empty() {
+                assert!(line.is_empty());
+                continue;
+            }
+            let expected = format!(
+                "[1.500000, \"o\", {}]\n",
+                serde_json::Value::String(String::from_utf8_lossy(sample).into_owned())
+            );
+            assert_eq!(line, expected);
+            let parsed: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+            assert_eq!(parsed[2], String::from_utf8_lossy(sample).as_ref());
+        }
+    }
 
     #[test]
     fn utf8_split_across_chunks_is_kept_whole() {
