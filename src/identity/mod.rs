@@ -468,38 +468,9 @@ impl Identity {
         client: &Client,
         return_to: &str,
     ) -> Result<WebLogin, LoginError> {
-        let now = now_us();
-        let expires_at = now + self.inner.web_ttl.as_micros() as i64;
-        let jti = uuid::Uuid::now_v7().to_string();
-        store::identity::insert_session(
-            &self.inner.db,
-            &jti,
-            &identity,
-            client.ip.map(|ip| ip.to_string()).as_deref(),
-            client.user_agent.as_deref(),
-            now,
-            expires_at,
-        )
-        .await
-        .map_err(unavailable)?;
-        let claims = Claims {
-            iss: self.inner.tokens.issuer().to_owned(),
-            sub: identity.email.clone(),
-            aud: token::WEB_AUDIENCE.into(),
-            exp: expires_at / 1_000_000,
-            iat: now / 1_000_000,
-            nbf: now / 1_000_000,
-            jti: jti.clone(),
-            groups: identity.groups.clone(),
-            mfa: identity.mfa,
-            amr: identity.amr.clone(),
-            method: identity.method.as_str().into(),
-        };
-        let token = self
-            .inner
-            .tokens
-            .sign(&claims)
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let (jti, token, expires_at) = self
+            .issue_token(&identity, token::WEB_AUDIENCE, self.inner.web_ttl, client)
+            .await?;
         let login = AuditEvent::new(EventKind::LoginSuccess, Outcome::Success)
             .actor(&identity.email)
             .source_ip(client.ip)
@@ -1128,23 +1099,22 @@ impl Identity {
         Ok(identity)
     }
 
-    /// Creates the broker session, its token and certificate for an identity
-    /// the IdP (or the break-glass store) has vouched for, and records the
-    /// login. Nothing is handed out before the records are durable.
-    pub async fn open_session(
+    /// The server-side session row and a broker token of `audience`
+    /// naming it: `(jti, token, expires_at_us)`.
+    async fn issue_token(
         &self,
-        identity: UserIdentity,
-        key: &PublicKey,
+        identity: &UserIdentity,
+        audience: &str,
+        ttl: Duration,
         client: &Client,
-        extra: serde_json::Value,
-    ) -> Result<LoginResponse, LoginError> {
+    ) -> Result<(String, String, i64), LoginError> {
         let now = now_us();
-        let expires_at = now + self.inner.token_ttl.as_micros() as i64;
+        let expires_at = now + ttl.as_micros() as i64;
         let jti = uuid::Uuid::now_v7().to_string();
         store::identity::insert_session(
             &self.inner.db,
             &jti,
-            &identity,
+            identity,
             client.ip.map(|ip| ip.to_string()).as_deref(),
             client.user_agent.as_deref(),
             now,
@@ -1155,7 +1125,7 @@ impl Identity {
         let claims = Claims {
             iss: self.inner.tokens.issuer().to_owned(),
             sub: identity.email.clone(),
-            aud: token::AUDIENCE.into(),
+            aud: audience.into(),
             exp: expires_at / 1_000_000,
             iat: now / 1_000_000,
             nbf: now / 1_000_000,
@@ -1170,6 +1140,22 @@ impl Identity {
             .tokens
             .sign(&claims)
             .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        Ok((jti, token, expires_at))
+    }
+
+    /// Creates the broker session, its token and certificate for an identity
+    /// the IdP (or the break-glass store) has vouched for, and records the
+    /// login. Nothing is handed out before the records are durable.
+    pub async fn open_session(
+        &self,
+        identity: UserIdentity,
+        key: &PublicKey,
+        client: &Client,
+        extra: serde_json::Value,
+    ) -> Result<LoginResponse, LoginError> {
+        let (jti, token, expires_at) = self
+            .issue_token(&identity, token::AUDIENCE, self.inner.token_ttl, client)
+            .await?;
         let principal = Principal {
             identity: identity.clone(),
             session_id: jti.clone(),

@@ -76,25 +76,9 @@ async fn authorize(
     client: &crate::identity::Client,
     action: crate::domain::policy::Action,
 ) -> Result<(), Error> {
-    let resource = match action {
-        crate::domain::policy::Action::Admin => Resource::Broker,
-        _ => Resource::Audit,
-    };
-    let context = RequestContext {
-        source_ip: client.ip,
-        ..RequestContext::default()
-    };
-    deps.gate
-        .check(
-            &principal.identity,
-            Some(&principal.session_id),
-            action,
-            &resource,
-            &context,
-        )
+    super::trail::authorize(deps, principal, client, action)
         .await
-        .map(|_| ())
-        .map_err(|denied| Error::Forbidden(denied.to_string()))
+        .map_err(Error::Forbidden)
 }
 
 #[derive(Deserialize)]

@@ -110,9 +110,14 @@ impl FromRequestParts<Arc<Deps>> for WebUser {
 impl WebUser {
     /// Checks a submitted form's CSRF token (constant time).
     pub fn check_csrf(&self, submitted: &str) -> bool {
-        let (a, b) = (self.csrf.as_bytes(), submitted.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        same_secret(&self.csrf, submitted)
     }
+}
+
+/// Constant-time equality of two tokens.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The CSRF token of a web session: a one-way function of its cookie, so
@@ -225,13 +230,7 @@ pub async fn breakglass_login(
         .filter(|n| safe_return_path(n))
         .unwrap_or("/ui/")
         .to_owned();
-    let paired = cookie(&headers, LOGIN_CSRF).is_some_and(|c| {
-        c.len() == form.csrf.len()
-            && c.bytes()
-                .zip(form.csrf.bytes())
-                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                == 0
-    });
+    let paired = cookie(&headers, LOGIN_CSRF).is_some_and(|c| same_secret(&c, &form.csrf));
     if !paired {
         deps.audit
             .note(

@@ -227,14 +227,8 @@ pub fn session_cursor(s: &SessionRecord) -> String {
     format!("{}:{}", s.started_at, s.id)
 }
 
-/// Passes the gate for `action` on the audit trail (or the broker, for
-/// `admin`): the decision is audited as `policy.decision`.
-pub async fn authorize(
-    deps: &Deps,
-    principal: &Principal,
-    client: &Client,
-    action: Action,
-) -> Result<(), String> {
+/// The resource and context of an audit (or, for `admin`, broker) action.
+fn subject(action: Action, client: &Client) -> (Resource, RequestContext) {
     let resource = match action {
         Action::Admin => Resource::Broker,
         _ => Resource::Audit,
@@ -243,6 +237,18 @@ pub async fn authorize(
         source_ip: client.ip,
         ..RequestContext::default()
     };
+    (resource, context)
+}
+
+/// Passes the gate for `action` on the audit trail (or the broker, for
+/// `admin`): the decision is audited as `policy.decision`.
+pub async fn authorize(
+    deps: &Deps,
+    principal: &Principal,
+    client: &Client,
+    action: Action,
+) -> Result<(), String> {
+    let (resource, context) = subject(action, client);
     deps.gate
         .check(
             &principal.identity,
@@ -259,14 +265,7 @@ pub async fn authorize(
 /// Whether the caller could take `action` (no audit record; for showing
 /// buttons, never for deciding).
 pub fn may(deps: &Deps, principal: &Principal, client: &Client, action: Action) -> bool {
-    let resource = match action {
-        Action::Admin => Resource::Broker,
-        _ => Resource::Audit,
-    };
-    let context = RequestContext {
-        source_ip: client.ip,
-        ..RequestContext::default()
-    };
+    let (resource, context) = subject(action, client);
     deps.gate
         .peek(&principal.identity, action, &resource, &context)
         .is_ok()

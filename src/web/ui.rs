@@ -332,12 +332,22 @@ fn base_link(base: &str, f: &Filters) -> String {
     }
 }
 
-async fn list_events(deps: &Deps, view: View, f: &Filters) -> Result<Vec<EventRecord>, Error> {
-    let filter = view.event_filter(f, PAGE).map_err(Error::BadRequest)?;
+/// One page of an event list, after the gate and the `audit.view` record;
+/// a refusal or failure is the page to show instead.
+async fn visible_events(
+    deps: &Deps,
+    user: &WebUser,
+    view: View,
+    f: &Filters,
+) -> Result<Vec<EventRecord>, Response> {
+    enter(deps, user, view.as_str(), f.summary()).await?;
+    let filter = view
+        .event_filter(f, PAGE)
+        .map_err(|e| error_page(&Error::BadRequest(e)))?;
     deps.audit
         .list(&filter)
         .await
-        .map_err(|e| Error::Internal(e.into()))
+        .map_err(|e| error_page(&Error::Internal(e.into())))
 }
 
 fn next_cursor(events: &[EventRecord]) -> Option<String> {
@@ -366,12 +376,9 @@ pub async fn logins(
     State(deps): State<Arc<Deps>>,
     Query(f): Query<Filters>,
 ) -> Response {
-    if let Err(r) = enter(&deps, &user, "logins", f.summary()).await {
-        return r;
-    }
-    let events = match list_events(&deps, View::Logins, &f).await {
-        Ok(e) => e,
-        Err(e) => return error_page(&e),
+    let events = match visible_events(&deps, &user, View::Logins, &f).await {
+        Ok(events) => events,
+        Err(refused) => return refused,
     };
     let body = html! {
         (filter_form(View::Logins, &f, &[
@@ -419,12 +426,9 @@ pub async fn credentials(
     State(deps): State<Arc<Deps>>,
     Query(f): Query<Filters>,
 ) -> Response {
-    if let Err(r) = enter(&deps, &user, "credentials", f.summary()).await {
-        return r;
-    }
-    let events = match list_events(&deps, View::Credentials, &f).await {
-        Ok(e) => e,
-        Err(e) => return error_page(&e),
+    let events = match visible_events(&deps, &user, View::Credentials, &f).await {
+        Ok(events) => events,
+        Err(refused) => return refused,
     };
     let body = html! {
         (filter_form(View::Credentials, &f, &[
@@ -471,12 +475,9 @@ pub async fn decisions(
     if f.outcome().is_none() && f.outcome.is_none() {
         f.outcome = Some("denied".into());
     }
-    if let Err(r) = enter(&deps, &user, "decisions", f.summary()).await {
-        return r;
-    }
-    let events = match list_events(&deps, View::Decisions, &f).await {
-        Ok(e) => e,
-        Err(e) => return error_page(&e),
+    let events = match visible_events(&deps, &user, View::Decisions, &f).await {
+        Ok(events) => events,
+        Err(refused) => return refused,
     };
     let tab = f.outcome().unwrap_or_default();
     let body = html! {
@@ -525,12 +526,9 @@ pub async fn events(
     State(deps): State<Arc<Deps>>,
     Query(f): Query<Filters>,
 ) -> Response {
-    if let Err(r) = enter(&deps, &user, "events", f.summary()).await {
-        return r;
-    }
-    let events = match list_events(&deps, View::Events, &f).await {
-        Ok(e) => e,
-        Err(e) => return error_page(&e),
+    let events = match visible_events(&deps, &user, View::Events, &f).await {
+        Ok(events) => events,
+        Err(refused) => return refused,
     };
     let body = html! {
         (filter_form(View::Events, &f, &[

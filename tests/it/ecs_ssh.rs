@@ -292,26 +292,7 @@ async fn file_transfer_subsystems_are_refused_for_containers() {
 async fn pam_exec_runs_commands_in_containers_after_pam_login() {
     let w = world("carol").await;
     let home = tempfile::tempdir().unwrap();
-    let browser = format!(
-        "python3 {}",
-        crate::support::peers::peers_dir()
-            .join("browser.py")
-            .display()
-    );
-    let login = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"))
-        .args([
-            "login",
-            "--broker",
-            &w.app.base_url,
-            "--login-hint",
-            "carol",
-        ])
-        .env("PAM_HOME", home.path())
-        .env("BROWSER", &browser)
-        .output()
-        .await
-        .unwrap();
-    assert!(login.status.success(), "{}", text(&login.stderr));
+    crate::support::cli_login(&w.app, home.path(), "carol").await;
     let pam = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
         cmd.args(args)

@@ -987,26 +987,7 @@ async fn live_sessions_end_on_termination_revocation_and_policy_change() {
 async fn pam_ssh_and_plain_ssh_with_pam_config_ssh() {
     let w = world("carol").await;
     let home = tempfile::tempdir().unwrap();
-    let browser = format!(
-        "python3 {}",
-        crate::support::peers::peers_dir()
-            .join("browser.py")
-            .display()
-    );
-    let login = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"))
-        .args([
-            "login",
-            "--broker",
-            &w.app.base_url,
-            "--login-hint",
-            "carol",
-        ])
-        .env("PAM_HOME", home.path())
-        .env("BROWSER", &browser)
-        .output()
-        .await
-        .unwrap();
-    assert!(login.status.success(), "{}", text(&login.stderr));
+    crate::support::cli_login(&w.app, home.path(), "carol").await;
     let pam = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
         cmd.args(args)

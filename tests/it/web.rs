@@ -568,19 +568,7 @@ async fn the_cli_reads_the_trail_through_the_broker() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let login = pam(&["login", "--broker", &w.app.base_url, "--login-hint", "erin"])
-        .env(
-            "BROWSER",
-            format!("python3 {}", peers_dir().join("browser.py").display()),
-        )
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        login.status.success(),
-        "{}",
-        String::from_utf8_lossy(&login.stderr)
-    );
+    crate::support::cli_login(&w.app, home.path(), "erin").await;
     let text = |out: &std::process::Output| {
         assert!(
             out.status.success(),

@@ -433,3 +433,25 @@ impl TestApp {
             .collect()
     }
 }
+
+/// `pam login --broker URL --login-hint USER` with `PAM_HOME=home`, the test
+/// browser clicking through the real IdP; panics unless it succeeds.
+pub async fn cli_login(app: &TestApp, home: &std::path::Path, user: &str) {
+    let browser = format!(
+        "python3 {}",
+        peers::peers_dir().join("browser.py").display()
+    );
+    let login = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"))
+        .args(["login", "--broker", &app.base_url, "--login-hint", user])
+        .env("PAM_HOME", home)
+        .env_remove("PAM_CONFIG")
+        .env("BROWSER", &browser)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+}
