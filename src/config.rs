@@ -40,54 +40,23 @@ pub struct ConfigError(pub Vec<String>);
 
 /// An IP network such as `10.0.0.0/16` (a bare address is one host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: std::net::IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(ipnet::IpNet);
 
 impl Cidr {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
+        let text = text.trim();
+        let net = match text.parse::<std::net::IpAddr>() {
+            Ok(addr) => ipnet::IpNet::from(addr.to_canonical()),
+            Err(_) => text
+                .parse::<ipnet::IpNet>()
+                .map_err(|_| format!("{text:?} is not an IP address or network"))?,
         };
-        let addr: std::net::IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix must be 0..={max}"))?,
-        };
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr(net))
     }
 
     /// Whether `ip` is in this network (IPv4-mapped IPv6 counts as IPv4).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr;
-        let bits = |a: IpAddr| -> (bool, u128) {
-            match a.to_canonical() {
-                IpAddr::V4(v4) => (true, u128::from(u32::from(v4)) << 96),
-                IpAddr::V6(v6) => (false, u128::from(v6)),
-            }
-        };
-        let (net_v4, net) = bits(self.addr);
-        let (ip_v4, ip) = bits(ip);
-        if net_v4 != ip_v4 {
-            return false;
-        }
-        let prefix = u32::from(self.prefix);
-        if prefix == 0 {
-            return true;
-        }
-        let mask = u128::MAX << (128 - prefix);
-        net & mask == ip & mask
+        self.0.contains(&ip.to_canonical())
     }
 }
 

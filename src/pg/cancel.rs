@@ -70,7 +70,7 @@ impl Registry {
         user: &str,
         target: &str,
     ) -> Ticket<'_> {
-        let mut rng = rand::thread_rng();
+        let mut rng = rand::rngs::OsRng;
         let key: [u8; 4] = rng.r#gen();
         let mut entries = match self.entries.lock() {
             Ok(entries) => entries,
@@ -103,12 +103,7 @@ impl Registry {
         let entries = self.entries.lock().ok()?;
         let entry = entries.get(&pid)?;
         // Constant time in the key, like the server's own comparison.
-        let same = key.len() == entry.key.len()
-            && key
-                .iter()
-                .zip(entry.key.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same: bool = subtle::ConstantTimeEq::ct_eq(key, &entry.key[..]).into();
         same.then(|| entry.clone())
     }
 

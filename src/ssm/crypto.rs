@@ -1,5 +1,5 @@
 //! End-to-end encryption of a data channel with a KMS data key
-//! (PROTOCOLS.md 1.11): AES-256-GCM, `nonce ‖ ciphertext ‖ tag`, no AAD.
+//! (docs/aws-protocols.md 1.11): AES-256-GCM, `nonce ‖ ciphertext ‖ tag`, no AAD.
 //!
 //! The client asks KMS for 64 bytes of key material bound to the session
 //! (encryption context `aws:ssm:SessionId` and `aws:ssm:TargetId`); the
@@ -11,7 +11,6 @@ use std::fmt;
 
 use futures_util::future::BoxFuture;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretSlice};
 
 /// Bytes of key material the client asks KMS for.
@@ -50,7 +49,6 @@ pub trait DataKeys: Send + Sync {
 pub struct Cipher {
     encrypt: LessSafeKey,
     decrypt: LessSafeKey,
-    random: SystemRandom,
 }
 
 /// Why sealing or opening failed (deliberately without detail).
@@ -109,7 +107,6 @@ impl Cipher {
         Ok(Cipher {
             encrypt: key(encrypt)?,
             decrypt: key(decrypt)?,
-            random: SystemRandom::new(),
         })
     }
 
@@ -118,7 +115,8 @@ impl Cipher {
         let length: usize = parts.iter().map(|part| part.len()).sum();
         let mut out = Vec::with_capacity(NONCE_LEN + length + TAG_LEN);
         let mut nonce = [0u8; NONCE_LEN];
-        self.random.fill(&mut nonce).map_err(|_| Error::Seal)?;
+        rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut nonce)
+            .map_err(|_| Error::Seal)?;
         out.extend_from_slice(&nonce);
         for part in parts {
             out.extend_from_slice(part);

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -113,12 +113,7 @@ fn error_page(e: &LoginError) -> Response {
         LoginError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
         LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>pam: login failed</title>\
-         <h1>Login failed</h1><p>{}</p><p>Run <code>pam login</code> again.</p>",
-        escape(&e.to_string())
-    );
-    (status, Html(body)).into_response()
+    super::ui::login_failed_page(status, &e.to_string())
 }
 
 pub async fn exchange(
@@ -289,20 +284,4 @@ impl FromRequestParts<Arc<Deps>> for Authenticated {
             }
         }
     }
-}
-
-/// Minimal HTML escaping for text placed in pages.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }

@@ -93,6 +93,23 @@ pub fn message_page(status: StatusCode, title: &str, message: &str) -> Response 
     )
 }
 
+/// A browser login that failed (the IdP's redirect, or the start of a
+/// login): the reason, and what to do next.
+pub fn login_failed_page(status: StatusCode, reason: &str) -> Response {
+    html_response(
+        status,
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head { meta charset="utf-8"; title { "pam: login failed" } link rel="stylesheet" href="/ui/static/app.css"; }
+                body.message {
+                    main { h1 { "Login failed" } p #login-error { (reason) } p { "Run " code { "pam login" } " again." } }
+                }
+            }
+        },
+    )
+}
+
 /// The break-glass login form (no session yet, so no layout).
 pub fn breakglass_page(
     next: &str,

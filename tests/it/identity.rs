@@ -198,6 +198,65 @@ async fn a_replayed_state_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_failed_page_is_a_page_like_every_other_and_shows_hostile_text_as_text() {
+    let app = app_with_idp("").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let start = http
+        .get(app.url("/ui/login?next=/ui/logins"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 303);
+    let location = start.headers()["location"].to_str().unwrap();
+    let state = url::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    // Whatever cookies the start set go back with the callback.
+    let cookies: Vec<String> = start
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .collect();
+    let hostile = "<script>alert(1)</script>\"'&";
+    let mut callback = url::Url::parse(&app.url("/auth/callback")).unwrap();
+    callback
+        .query_pairs_mut()
+        .append_pair("state", &state)
+        .append_pair("error", hostile);
+    let response = http
+        .get(callback.as_str())
+        .header("cookie", cookies.join("; "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let page = response.text().await.unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html><html lang=\"en\">"),
+        "{page}"
+    );
+    assert!(page.contains("/ui/static/app.css"), "{page}");
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_authorization_code_is_refused_by_the_idp_and_audited() {
     let app = app_with_idp("").await;
     let callback_of = |app: &TestApp| {

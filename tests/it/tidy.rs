@@ -109,6 +109,28 @@ fn modules_import_only_what_their_invariants_allow() {
 }
 
 #[test]
+fn one_random_source_and_constant_time_compares_from_subtle() {
+    let mut violations = Vec::new();
+    for (path, text) in sources() {
+        let code = non_test_code(&text);
+        for (needle, why) in [
+            ("thread_rng", "the one random source is rand::rngs::OsRng"),
+            ("SystemRandom", "the one random source is rand::rngs::OsRng"),
+            ("getrandom", "the one random source is rand::rngs::OsRng"),
+            (
+                "fold(0u8",
+                "constant-time compares use subtle::ConstantTimeEq",
+            ),
+        ] {
+            if code.contains(needle) {
+                violations.push(format!("{}: uses `{needle}` ({why})", path.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
 fn migrations_are_numbered_and_exist_for_both_backends() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let list = |backend: &str| {
