@@ -109,7 +109,7 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
-    /// aws-sdk-rds's own `signing_works` vector (PROTOCOLS.md section 3).
+    /// aws-sdk-rds's own `signing_works` vector (docs/aws-protocols.md section 3).
     #[test]
     fn the_token_matches_the_aws_sdk_test_vector() {
         let credentials = Credentials::new("akid", "secret", None, None, "test");

@@ -8,7 +8,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// What happened. Names are the contract of PRODUCT.md ("Audit events").
+/// What happened. Names are the contract of docs/PRODUCT.md ("Audit events").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     #[serde(rename = "login.success")]

@@ -1,5 +1,5 @@
 //! The data-channel engine: one task owns the WebSocket and every piece of
-//! sequence state (PROTOCOLS.md 1.7–1.8), so nothing is shared or locked.
+//! sequence state (docs/aws-protocols.md 1.7–1.8), so nothing is shared or locked.
 //!
 //! * Receive: in-order stream messages are acknowledged and processed;
 //!   ahead-of-order ones are acknowledged and buffered (bounded; beyond the
@@ -179,7 +179,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
         })
 }
 
-/// Round-trip estimate and retransmission timeout (PROTOCOLS.md 1.8).
+/// Round-trip estimate and retransmission timeout (docs/aws-protocols.md 1.8).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rtt {
     srtt: f64,

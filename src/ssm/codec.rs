@@ -1,5 +1,5 @@
 //! The SSM Session Manager `ClientMessage` binary codec and the JSON
-//! payloads that travel inside it (PROTOCOLS.md 1.3–1.6).
+//! payloads that travel inside it (docs/aws-protocols.md 1.3–1.6).
 //!
 //! Every frame after the first is one binary WebSocket message: a 120-byte
 //! big-endian header followed by the payload, which runs to the end of the
@@ -57,7 +57,7 @@ pub enum Error {
     Payload { what: &'static str, reason: String },
 }
 
-/// The 32-byte MessageType string (PROTOCOLS.md 1.4).
+/// The 32-byte MessageType string (docs/aws-protocols.md 1.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageType {
     InputStreamData,
@@ -71,7 +71,7 @@ pub enum MessageType {
     Other(String),
 }
 
-/// The PayloadType field (PROTOCOLS.md 1.5). 0 is used by acknowledge and
+/// The PayloadType field (docs/aws-protocols.md 1.5). 0 is used by acknowledge and
 /// channel_closed messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadType {
@@ -625,7 +625,7 @@ fn read_u64(frame: &[u8], offset: usize) -> u64 {
 mod tests {
     use super::*;
 
-    /// PROTOCOLS.md 1.3: produced by the plugin's own Go encoder.
+    /// docs/aws-protocols.md 1.3: produced by the plugin's own Go encoder.
     const GOLDEN: &str = concat!(
         "00000074",
         "696e7075745f73747265616d5f64617461202020202020202020202020202020",
@@ -921,7 +921,7 @@ mod tests {
             }],
             errors: None,
         };
-        // PROTOCOLS.md 1.6, verified on the wire.
+        // docs/aws-protocols.md 1.6, verified on the wire.
         assert_eq!(
             serde_json::to_string(&response).unwrap(),
             r#"{"ClientVersion":"1.2.0.0","ProcessedClientActions":[{"ActionType":"SessionType","ActionStatus":1,"ActionResult":null,"Error":""}],"Errors":null}"#

@@ -1,6 +1,6 @@
 //! The SSM Session Manager data channel, client side: what the AWS
 //! session-manager-plugin does, as a library the broker drives
-//! (PROTOCOLS.md section 1).
+//! (docs/aws-protocols.md section 1).
 //!
 //! `ecs:ExecuteCommand` and `ssm:StartSession` return a stream URL and a
 //! token; [`Session::connect`] opens the WebSocket, answers the agent's
@@ -135,7 +135,7 @@ pub struct Info {
     pub customer_message: Option<String>,
 }
 
-/// The session types a client can handle (PROTOCOLS.md 1.6).
+/// The session types a client can handle (docs/aws-protocols.md 1.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionType {
     StandardStream,

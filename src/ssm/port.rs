@@ -1,4 +1,4 @@
-//! Port forwarding over a data channel (PROTOCOLS.md 1.10): each forwarded
+//! Port forwarding over a data channel (docs/aws-protocols.md 1.10): each forwarded
 //! connection is a [`Stream`] (`AsyncRead + AsyncWrite`), so a room can use
 //! it wherever it would use a `TcpStream` to the destination.
 //!

@@ -1,4 +1,4 @@
-//! The agent side of one data-channel session (PROTOCOLS.md 1.6–1.11):
+//! The agent side of one data-channel session (docs/aws-protocols.md 1.6–1.11):
 //! handshake (session type, optional KMS with a challenge), sequenced output
 //! with its own retransmission, acks (re-acking duplicates unless strict),
 //! and fault injection on the first transmission of output messages.

@@ -1,4 +1,4 @@
-//! The fake agent's own codec, written from PROTOCOLS.md 1.3 and 1.10
+//! The fake agent's own codec, written from docs/aws-protocols.md 1.3 and 1.10
 //! independently of `pam::ssm::codec` (a shared bug would otherwise pass
 //! every test); checked against the same golden vector.
 
