@@ -20,7 +20,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::api::{DeviceStartResponse, LoginResponse, WhoAmI};
 use crate::audit::Audit;
 use crate::config::{Config, LoginConfig};
 use crate::domain::audit::{AuditEvent, EventKind, Outcome, format_us, now_us};
@@ -117,11 +116,38 @@ pub struct WebLogin {
     pub return_to: String,
 }
 
+/// A finished CLI login: the broker session, its token and the user's
+/// certificate (the web layer puts it on the wire as `api::LoginResponse`).
+pub struct Login {
+    pub token: SecretString,
+    pub expires_at_us: i64,
+    pub session_id: String,
+    pub identity: UserIdentity,
+    /// OpenSSH user certificate for the key the CLI proved it holds.
+    pub certificate: String,
+    pub certificate_expires_at: String,
+    /// known_hosts line for the broker's SSH listener.
+    pub known_hosts: String,
+    pub ssh_addr: String,
+    pub postgres_addr: String,
+}
+
+/// A device grant in flight: what the user is told to open and enter.
+pub struct DeviceStart {
+    pub request_id: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds between polls.
+    pub interval: u64,
+    pub expires_in: u64,
+}
+
 /// One device-grant poll.
 pub enum DeviceOutcome {
     Pending { interval: u64 },
     SlowDown { interval: u64 },
-    Done(Box<LoginResponse>),
+    Done(Box<Login>),
 }
 
 /// How long a login may stay in flight, and a one-time code may wait.
@@ -525,7 +551,7 @@ impl Identity {
         public_key: &str,
         proof: &str,
         client: &Client,
-    ) -> Result<LoginResponse, LoginError> {
+    ) -> Result<Login, LoginError> {
         let code_hash = hex::encode(Sha256::digest(code.expose_secret().as_bytes()));
         let found = store::identity::get_login_code(&self.inner.db, &code_hash)
             .await
@@ -591,7 +617,7 @@ impl Identity {
 
     // ---- device login ----------------------------------------------------
 
-    pub async fn device_start(&self, client: &Client) -> Result<DeviceStartResponse, LoginError> {
+    pub async fn device_start(&self, client: &Client) -> Result<DeviceStart, LoginError> {
         let oidc = self.oidc()?;
         self.check_ip_lock(client).await?;
         let grant = oidc
@@ -619,7 +645,7 @@ impl Identity {
         )
         .await
         .map_err(unavailable)?;
-        Ok(DeviceStartResponse {
+        Ok(DeviceStart {
             request_id,
             user_code: grant.user_code,
             verification_uri: grant.verification_uri,
@@ -771,7 +797,7 @@ impl Identity {
         public_key: &str,
         proof: &str,
         client: &Client,
-    ) -> Result<LoginResponse, LoginError> {
+    ) -> Result<Login, LoginError> {
         let (who, account) = self
             .check_breakglass(username, password, totp, client)
             .await?;
@@ -960,18 +986,6 @@ impl Identity {
         })
     }
 
-    pub fn whoami(&self, principal: &Principal) -> WhoAmI {
-        WhoAmI {
-            user: principal.identity.email.clone(),
-            groups: principal.identity.groups.clone(),
-            mfa: principal.identity.mfa,
-            amr: principal.identity.amr.clone(),
-            method: principal.identity.method.as_str().into(),
-            session_id: principal.session_id.clone(),
-            expires_at: format_us(principal.expires_at_us),
-        }
-    }
-
     /// Ends the caller's own broker session.
     pub async fn logout(&self, principal: &Principal, client: &Client) -> Result<(), LoginError> {
         self.revoke(&principal.session_id, principal.email(), "logout", client)
@@ -1152,7 +1166,7 @@ impl Identity {
         key: &PublicKey,
         client: &Client,
         extra: serde_json::Value,
-    ) -> Result<LoginResponse, LoginError> {
+    ) -> Result<Login, LoginError> {
         let (jti, token, expires_at) = self
             .issue_token(&identity, token::AUDIENCE, self.inner.token_ttl, client)
             .await?;
@@ -1203,15 +1217,11 @@ impl Identity {
         }
         let _ = store::identity::clear_failures(&self.inner.db, "user", &identity.email).await;
         Metrics::inc(&self.inner.metrics.logins_success);
-        Ok(LoginResponse {
-            token,
-            expires_at: format_us(expires_at),
+        Ok(Login {
+            token: SecretString::from(token),
+            expires_at_us: expires_at,
             session_id: jti,
-            user: identity.email,
-            groups: identity.groups,
-            mfa: identity.mfa,
-            amr: identity.amr,
-            method: identity.method.as_str().into(),
+            identity,
             certificate,
             certificate_expires_at,
             known_hosts: self.inner.known_hosts.clone(),

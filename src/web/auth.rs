@@ -10,18 +10,19 @@ use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Deps;
 use super::error::Error;
 use crate::api::{
-    BreakglassLoginRequest, CertRequest, CertResponse, DevicePollRequest, ExchangeRequest,
-    PollPending,
+    BreakglassLoginRequest, CertRequest, CertResponse, DevicePollRequest, DeviceStartResponse,
+    ExchangeRequest, LoginResponse, PollPending, WhoAmI,
 };
-use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::domain::audit::{AuditEvent, EventKind, Outcome, format_us};
 use crate::domain::principal::Principal;
-use crate::identity::{AuthError, Callback, Client, DeviceOutcome, LoginError};
+use crate::identity::{AuthError, Callback, Client, DeviceOutcome, DeviceStart, Login, LoginError};
 
 /// The caller's address and client, for the audit trail.
 pub fn client(addr: SocketAddr, headers: &HeaderMap) -> Client {
@@ -133,7 +134,7 @@ pub async fn exchange(
             &client,
         )
         .await?;
-    Ok(Json(response).into_response())
+    Ok(Json(login_response(response)).into_response())
 }
 
 pub async fn device_start(
@@ -142,7 +143,23 @@ pub async fn device_start(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let client = client(addr, &headers);
-    Ok(Json(deps.identity.device_start(&client).await?).into_response())
+    let DeviceStart {
+        request_id,
+        user_code,
+        verification_uri,
+        verification_uri_complete,
+        interval,
+        expires_in,
+    } = deps.identity.device_start(&client).await?;
+    Ok(Json(DeviceStartResponse {
+        request_id,
+        user_code,
+        verification_uri,
+        verification_uri_complete,
+        interval,
+        expires_in,
+    })
+    .into_response())
 }
 
 pub async fn device_poll(
@@ -162,7 +179,7 @@ pub async fn device_poll(
         )
         .await?;
     Ok(match outcome {
-        DeviceOutcome::Done(response) => Json(*response).into_response(),
+        DeviceOutcome::Done(login) => Json(login_response(*login)).into_response(),
         DeviceOutcome::Pending { interval } => (
             StatusCode::BAD_REQUEST,
             Json(PollPending {
@@ -200,14 +217,51 @@ pub async fn breakglass(
             &client,
         )
         .await?;
-    Ok(Json(response).into_response())
+    Ok(Json(login_response(response)).into_response())
 }
 
-pub async fn whoami(
-    Authenticated { principal, .. }: Authenticated,
-    State(deps): State<Arc<Deps>>,
-) -> Response {
-    Json(deps.identity.whoami(&principal)).into_response()
+pub async fn whoami(Authenticated { principal, .. }: Authenticated) -> Response {
+    let identity = &principal.identity;
+    Json(WhoAmI {
+        user: identity.email.clone(),
+        groups: identity.groups.clone(),
+        mfa: identity.mfa,
+        amr: identity.amr.clone(),
+        method: identity.method.as_str().into(),
+        session_id: principal.session_id.clone(),
+        expires_at: format_us(principal.expires_at_us),
+    })
+    .into_response()
+}
+
+/// A finished login as the CLI reads it.
+fn login_response(login: Login) -> LoginResponse {
+    let Login {
+        token,
+        expires_at_us,
+        session_id,
+        identity,
+        certificate,
+        certificate_expires_at,
+        known_hosts,
+        ssh_addr,
+        postgres_addr,
+    } = login;
+    LoginResponse {
+        token: token.expose_secret().to_owned(),
+        expires_at: format_us(expires_at_us),
+        session_id,
+        user: identity.email,
+        groups: identity.groups,
+        mfa: identity.mfa,
+        amr: identity.amr,
+        method: identity.method.as_str().into(),
+        certificate,
+        certificate_expires_at,
+        known_hosts,
+        ssh_addr,
+        postgres_addr,
+    }
 }
 
 pub async fn logout(

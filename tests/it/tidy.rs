@@ -39,6 +39,43 @@ fn non_test_code(text: &str) -> &str {
     text.split("#[cfg(test)]").next().unwrap_or(text)
 }
 
+/// The first segment of every `crate::` path in `code`, including each
+/// member of a `crate::{a, b::c}` group.
+fn crate_imports(code: &str) -> Vec<String> {
+    let ident = |text: &str| -> String {
+        text.trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        let Some(group) = rest.strip_prefix('{') else {
+            out.push(ident(rest));
+            continue;
+        };
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    out.push(ident(&group[start..i]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push(ident(&group[start..i]));
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    out.retain(|m| !m.is_empty());
+    out
+}
+
 #[test]
 fn every_source_file_starts_with_a_doc_comment() {
     for (path, text) in sources() {
@@ -104,6 +141,33 @@ fn modules_import_only_what_their_invariants_allow() {
         if module != "aws" {
             forbid("aws_sdk_", "only aws names the AWS SDK");
         }
+        if module != "web" {
+            forbid("axum", "only web names axum (HTTP is the web room's)");
+            forbid("maud", "only web names maud (HTML is the web room's)");
+        }
+        let imports = crate_imports(code);
+        let mut import = |name: &str, why: &str| {
+            if imports.iter().any(|m| m == name) {
+                violations.push(format!(
+                    "{}: imports `crate::{name}` ({why})",
+                    path.display()
+                ));
+            }
+        };
+        // Services (and the domain, protocols and wiring helpers) serve the
+        // rooms; only `app` (wiring) and `cli` (the client) may name them.
+        if !ROOMS.contains(&module.as_str())
+            && !["app", "cli", "lib", "main"].contains(&module.as_str())
+        {
+            for room in ROOMS {
+                import(room, "services never import rooms");
+            }
+        }
+        if module == "identity" {
+            // Identity returns its own types (`Login`, `DeviceStart`,
+            // `Principal`); the web room puts them on the wire.
+            import("api", "identity builds no wire types");
+        }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
@@ -124,6 +188,62 @@ fn one_random_source_and_constant_time_compares_from_subtle() {
         ] {
             if code.contains(needle) {
                 violations.push(format!("{}: uses `{needle}` ({why})", path.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_repository_stands_alone_comments_cite_only_its_own_documents() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = sources();
+    let mut stack = vec![
+        root.join("tests"),
+        root.join("benches"),
+        root.join("scripts"),
+    ];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(text) = std::fs::read_to_string(&path) {
+                files.push((path, text));
+            }
+        }
+    }
+    let mut violations = Vec::new();
+    for (path, text) in &files {
+        if path.ends_with("tidy.rs") {
+            continue;
+        }
+        for outside in [
+            "PROTOCOLS.md",
+            "RECIPES.md",
+            "STACK.md",
+            "STYLE.md",
+            "../shared",
+            "/work/shared",
+        ] {
+            if text.contains(outside) {
+                violations.push(format!(
+                    "{}: cites `{outside}`, a document outside the repository",
+                    path.display()
+                ));
+            }
+        }
+        for (at, _) in text.match_indices("docs/") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
+                .collect();
+            let name = name.trim_end_matches('.');
+            if name.ends_with(".md") && !root.join(name).is_file() {
+                violations.push(format!(
+                    "{}: cites {name}, which does not exist",
+                    path.display()
+                ));
             }
         }
     }
