@@ -191,6 +191,16 @@ pub async fn run_with(
     let pg_tls = pg::tls::server_config(&config, pg::tls::host_of(&postgres_public))
         .context("TLS for the PostgreSQL listener")?;
     let aws = Aws::load_with_env(&config.aws, &env).await;
+    let exporter = crate::export::Exporter::new(
+        &config.exports,
+        &env,
+        db.clone(),
+        audit.clone(),
+        &aws,
+        &metrics,
+        node.clone(),
+    )
+    .context("setting up [[export]] sinks")?;
 
     let running = Running {
         http: http_listener.local_addr()?,
@@ -259,6 +269,7 @@ pub async fn run_with(
         ),
     );
     rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
+    rooms.spawn(exporter.run(stop_rooms.clone()));
     rooms.spawn(
         sessions
             .clone()

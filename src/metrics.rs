@@ -20,6 +20,41 @@ pub struct Metrics {
     pub credentials_issued: AtomicU64,
     pub connection_errors: AtomicU64,
     pub http_requests: AtomicU64,
+    /// `[[export]]` sinks, in configuration order.
+    pub export_sinks: std::sync::Mutex<Vec<(String, Arc<SinkMetrics>)>>,
+}
+
+/// One export sink's gauges and counters.
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    lag: AtomicU64,
+    cursor: AtomicU64,
+    exported: AtomicU64,
+    errors: AtomicU64,
+    lagging: AtomicU64,
+}
+
+impl SinkMetrics {
+    pub fn set_lag(&self, events: u64) {
+        self.lag.store(events, Ordering::Relaxed);
+    }
+
+    pub fn set_cursor(&self, seq: i64) {
+        self.cursor
+            .store(u64::try_from(seq).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub fn add_exported(&self, events: u64) {
+        self.exported.fetch_add(events, Ordering::Relaxed);
+    }
+
+    pub fn add_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_lagging(&self, lagging: bool) {
+        self.lagging.store(u64::from(lagging), Ordering::Relaxed);
+    }
 }
 
 /// Session kinds, in the order of the per-kind arrays above.
@@ -43,6 +78,20 @@ impl Metrics {
             metrics: Arc::clone(self),
             index,
         }
+    }
+
+    /// The metrics of export sink `name` (created on first use).
+    pub fn export_sink(&self, name: &str) -> Arc<SinkMetrics> {
+        let mut sinks = self
+            .export_sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, m)) = sinks.iter().find(|(n, _)| n == name) {
+            return m.clone();
+        }
+        let metrics = Arc::new(SinkMetrics::default());
+        sinks.push((name.to_owned(), metrics.clone()));
+        metrics
     }
 
     pub fn render(&self) -> String {
@@ -135,6 +184,7 @@ impl Metrics {
             "HTTP requests served.",
             get(&self.http_requests),
         );
+        render_export(&mut out, self);
         out
     }
 }
@@ -155,4 +205,57 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} counter");
     let _ = writeln!(out, "{name} {value}");
+}
+
+/// `pam_export_*{sink="..."}` (sink names are `[A-Za-z0-9._-]`, no escaping needed).
+fn render_export(out: &mut String, metrics: &Metrics) {
+    let sinks = metrics
+        .export_sinks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if sinks.is_empty() {
+        return;
+    }
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    type Field = fn(&SinkMetrics) -> &AtomicU64;
+    let families: [(&str, &str, &str, Field); 5] = [
+        (
+            "pam_export_lag_events",
+            "gauge",
+            "Committed audit events the sink has not acknowledged yet.",
+            |m| &m.lag,
+        ),
+        (
+            "pam_export_cursor_seq",
+            "gauge",
+            "The last seq the sink acknowledged.",
+            |m| &m.cursor,
+        ),
+        (
+            "pam_export_events_total",
+            "counter",
+            "Audit events delivered to the sink (by this broker).",
+            |m| &m.exported,
+        ),
+        (
+            "pam_export_errors_total",
+            "counter",
+            "Failed deliveries to the sink.",
+            |m| &m.errors,
+        ),
+        (
+            "pam_export_lagging",
+            "gauge",
+            "1 while the sink is past its lag thresholds (export.lagging).",
+            |m| &m.lagging,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (sink, m) in &sinks {
+            let _ = writeln!(out, "{name}{{sink=\"{sink}\"}} {}", get(field(m)));
+        }
+    }
 }

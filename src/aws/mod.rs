@@ -13,7 +13,9 @@ pub mod ecs;
 pub mod error;
 pub mod federation;
 pub mod kms;
+pub mod logs;
 pub mod rds;
+pub mod s3;
 pub mod secrets;
 pub mod ssm;
 pub mod sts;
@@ -176,6 +178,29 @@ impl Aws {
             builder = builder.endpoint_url(url);
         }
         aws_sdk_kms::Client::from_conf(builder.build())
+    }
+
+    /// CloudWatch Logs (`AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`).
+    pub fn logs(&self) -> aws_sdk_cloudwatchlogs::Client {
+        let mut builder = aws_sdk_cloudwatchlogs::config::Builder::from(&self.sdk);
+        if let Some(url) = self.endpoint("cloudwatch_logs") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_cloudwatchlogs::Client::from_conf(builder.build())
+    }
+
+    /// S3; path-style addressing when an endpoint is overridden (emulators,
+    /// VPC endpoints without bucket DNS). Checksums are the caller's
+    /// (`s3::put_object` sets Content-MD5 and SHA-256), so the SDK adds none.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let mut builder = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            );
+        if let Some(url) = self.endpoint("s3") {
+            builder = builder.endpoint_url(url).force_path_style(true);
+        }
+        aws_sdk_s3::Client::from_conf(builder.build())
     }
 
     pub fn sts(&self) -> aws_sdk_sts::Client {

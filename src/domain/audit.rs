@@ -57,10 +57,12 @@ pub enum EventKind {
     ServerStart,
     #[serde(rename = "server.stop")]
     ServerStop,
+    #[serde(rename = "export.lagging")]
+    ExportLagging,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
         EventKind::LoginLockout,
@@ -84,6 +86,7 @@ impl EventKind {
         EventKind::BreakglassUsed,
         EventKind::ServerStart,
         EventKind::ServerStop,
+        EventKind::ExportLagging,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +114,7 @@ impl EventKind {
             EventKind::BreakglassUsed => "breakglass.used",
             EventKind::ServerStart => "server.start",
             EventKind::ServerStop => "server.stop",
+            EventKind::ExportLagging => "export.lagging",
         }
     }
 

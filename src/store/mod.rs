@@ -6,6 +6,7 @@
 //! embedded from `migrations/<backend>/` and are append-only.
 
 pub mod audit;
+pub mod export;
 pub mod identity;
 pub mod sessions;
 

@@ -163,3 +163,86 @@ impl Federation {
         }
     }
 }
+
+/// A proxy in front of `upstream` that answers requests of one JSON-protocol
+/// operation (its `X-Amz-Target`) from a script first, then forwards them:
+/// how answers moto never gives (throttling, stale sequence tokens) reach
+/// the broker. Records the bodies of that operation's requests.
+pub struct ScriptedProxy {
+    pub url: String,
+    bodies: Arc<Mutex<Vec<String>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct ScriptState {
+    forward: ProxyState,
+    target: String,
+    script: Arc<Mutex<std::collections::VecDeque<(u16, String)>>>,
+    bodies: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedProxy {
+    pub async fn start(upstream: &str, target: &str, script: Vec<(u16, String)>) -> ScriptedProxy {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let state = ScriptState {
+            forward: ProxyState {
+                upstream: upstream.trim_end_matches('/').to_owned(),
+                requests: Arc::new(Mutex::new(Vec::new())),
+                http: reqwest::Client::new(),
+            },
+            target: target.to_owned(),
+            script: Arc::new(Mutex::new(script.into())),
+            bodies: bodies.clone(),
+        };
+        let app = axum::Router::new().fallback(scripted).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ScriptedProxy {
+            url,
+            bodies,
+            _task: task,
+        }
+    }
+
+    /// Bodies of the scripted operation's requests, in arrival order.
+    pub fn requests(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+async fn scripted(
+    State(state): State<ScriptState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if target == state.target {
+        state
+            .bodies
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&body).into_owned());
+        let next = state.script.lock().unwrap().pop_front();
+        if let Some((status, answer)) = next {
+            let mut response =
+                (axum::http::StatusCode::from_u16(status).unwrap(), answer).into_response();
+            response.headers_mut().insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/x-amz-json-1.1"),
+            );
+            return response;
+        }
+    }
+    forward(State(state.forward), method, uri, headers, body)
+        .await
+        .into_response()
+}

@@ -6,7 +6,9 @@
 
 pub mod aws;
 pub mod fake_aws;
+pub mod gate;
 pub mod peers;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
