@@ -1347,6 +1347,92 @@ mod tests {
     }
 
     #[test]
+    fn export_sinks_are_typed_with_per_kind_defaults_and_checked() {
+        let config = load(
+            r#"
+            [[export]]
+            name = "cw"
+            kind = "cloudwatch"
+            log_group = "/pam/audit"
+            [[export]]
+            name = "lake"
+            kind = "s3"
+            url = "s3://bucket/audit/prod"
+            format = "ocsf"
+            [[export]]
+            name = "siem"
+            kind = "webhook"
+            url = "https://siem.example.com/ingest"
+            secret_env = "PAM_SIEM_SECRET"
+            headers_env = { Authorization = "PAM_SIEM_AUTH" }
+            "#,
+            &[],
+        )
+        .unwrap();
+        let [cw, lake, siem] = &config.exports[..] else {
+            panic!("three sinks")
+        };
+        let ExportKind::Cloudwatch(c) = &cw.kind else {
+            panic!("cloudwatch")
+        };
+        assert_eq!(c.log_stream, "pam-audit");
+        assert_eq!((cw.batch_max, cw.flush_interval.0.as_secs()), (10_000, 0));
+        assert_eq!(lake.format, ExportFormat::Ocsf);
+        assert_eq!(lake.flush_interval.0.as_secs(), 300);
+        assert_eq!(lake.lag_time.0.as_secs(), 600, "flush_interval + 5m");
+        assert_eq!(siem.batch_max, 1000);
+        assert_eq!(siem.format, ExportFormat::Native);
+
+        let err = load(
+            r#"
+            [[export]]
+            name = "a"
+            kind = "webhook"
+            url = "http://siem.example.com/"
+            secret_env = "X"
+            [[export]]
+            name = "a"
+            kind = "s3"
+            url = "https://bucket/"
+            [[export]]
+            name = "b"
+            kind = "cloudwatch"
+            log_group = "g"
+            batch_max = 20000
+            colour = "blue"
+            [[export]]
+            name = "c"
+            kind = "kafka"
+            [[export]]
+            name = "d"
+            kind = "s3"
+            url = "s3://b/p"
+            flush_interval = "10m"
+            lag_time = "5m"
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "export[0] \"a\".url: must be https://",
+            "export[1] \"a\".name: duplicate",
+            "export[1] \"a\".url: expected s3://",
+            "colour",
+            "unknown kind \"kafka\"",
+            "export[4] \"d\".lag_time",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        // A loopback collector may be plain HTTP.
+        load(
+            "[[export]]\nname = \"local\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:8686/\"\nsecret_env = \"X\"\n",
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn secrets_never_print() {
         let secret = SecretString::from("hunter2".to_owned());
         assert!(!format!("{secret:?}").contains("hunter2"));

@@ -534,7 +534,7 @@ impl Backoff {
         let step = self.step;
         self.step = (self.step * 2).min(self.max);
         let half = step / 2;
-        half + half.mul_f64(rand::thread_rng().r#gen::<f64>())
+        half + half.mul_f64(rand::rngs::OsRng.r#gen::<f64>())
     }
 
     fn reset(&mut self) {
