@@ -232,7 +232,7 @@ pub fn open(path: &std::path::Path) -> std::io::Result<Box<dyn BufRead>> {
 }
 
 enum Parsed {
-    Event(EventRecord),
+    Event(Box<EventRecord>),
     /// A CloudWatch stand-in for an oversized event: only its hash.
     Stub {
         seq: i64,
@@ -293,7 +293,7 @@ fn native_event(value: &Value) -> Result<Parsed, String> {
     let details = value
         .get("details")
         .ok_or_else(|| format!("event at seq {seq}: details is missing"))?;
-    Ok(Parsed::Event(EventRecord {
+    Ok(Parsed::Event(Box::new(EventRecord {
         seq,
         id: text("id")?,
         time_us: (time.unix_timestamp_nanos() / 1000) as i64,
@@ -306,7 +306,7 @@ fn native_event(value: &Value) -> Result<Parsed, String> {
         details: chain::canonical_json(details),
         prev_hash,
         hash,
-    }))
+    })))
 }
 
 fn short(hash: &[u8]) -> String {
@@ -331,11 +331,11 @@ mod tests {
         let Parsed::Event(back) = parse_line(&line).unwrap() else {
             panic!("stub")
         };
-        assert_eq!(back, record);
+        assert_eq!(*back, record);
         let ocsf = super::super::ocsf::event(&record, &line).to_string();
         let Parsed::Event(back) = parse_line(&ocsf).unwrap() else {
             panic!("stub")
         };
-        assert_eq!(back, record);
+        assert_eq!(*back, record);
     }
 }
