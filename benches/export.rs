@@ -121,7 +121,9 @@ async fn bench_sink(toml: &str, secs: u64) -> anyhow::Result<Result> {
                     .actor("bench@example.test")
                     .target(format!("db-{}", worker % 16))
                     .session(format!("s-{worker}"))
-                    .details(serde_json::json!({"sql": "select * from orders where id = $1", "rows": n}));
+                    .details(
+                        serde_json::json!({"sql": "select * from orders where id = $1", "rows": n}),
+                    );
                 if audit.record(event).await.is_err() {
                     break;
                 }
