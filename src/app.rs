@@ -166,6 +166,7 @@ pub async fn run_with(
         metrics.clone(),
         node.clone(),
         &config.session,
+        config.recordings_dir(),
     );
     let targets = Arc::new(config.targets.clone());
     identity.set_grants(grants_from_policy(engine.clone(), targets.clone()));
@@ -263,7 +264,6 @@ pub async fn run_with(
                 db_params: config.audit.db_params,
                 audit_window: config.audit.db_window,
                 max_connections: config.server.max_connections,
-                recordings: config.recordings_dir(),
             },
             stop_rooms.clone(),
         ),
@@ -290,8 +290,6 @@ pub async fn run_with(
         user_ca: keys.ssh_user_ca.clone(),
         target_ca: keys.ssh_target_ca.clone(),
         aws: aws.clone(),
-        recordings_dir: config.recordings_dir(),
-        record: config.session.record,
         record_input: config.session.record_input,
         target_cert_ttl: config.session.target_cert_ttl.0,
         max_connections: config.server.max_connections,

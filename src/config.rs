@@ -73,6 +73,10 @@ impl<'de> Deserialize<'de> for Cidr {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+/// A size in bytes written like `10GiB`, `512MiB`, `64KiB`, `1GB` or `4096`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
 macro_rules! section {
     (
         $(#[$meta:meta])*
@@ -1169,6 +1173,70 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let invalid = || format!("invalid size {text:?} (use e.g. 10GiB, 512MiB, 64KiB or bytes)");
+        if digits == 0 {
+            return Err(invalid());
+        }
+        let number: u64 = text[..digits].parse().map_err(|_| invalid())?;
+        let unit: u64 = match text[digits..].trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            _ => return Err(invalid()),
+        };
+        number.checked_mul(unit).map(Self).ok_or_else(invalid)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, size) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(n) => Ok(ByteSize(n)),
+            Written::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// An absolute time (RFC 3339 or `YYYY-MM-DD`, UTC) or an age (`15m`, `7d`).
 pub fn parse_time(text: &str) -> anyhow::Result<i64> {
     use crate::domain::audit::now_us;
@@ -1198,6 +1266,25 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_parts(table, &env, false)
+    }
+
+    #[test]
+    fn sizes_parse_and_print() {
+        for (text, bytes) in [
+            ("10GiB", 10u64 << 30),
+            ("512MiB", 512 << 20),
+            ("64KiB", 64 << 10),
+            ("1GB", 1_000_000_000),
+            ("4096", 4096),
+            ("100 MiB", 100 << 20),
+        ] {
+            let size = ByteSize::parse(text).unwrap();
+            assert_eq!(size.0, bytes, "{text}");
+            assert_eq!(ByteSize::parse(&size.to_string()).unwrap(), size);
+        }
+        for bad in ["", "GiB", "1.5GiB", "10 gigs", "-1", "99999999999TiB"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ DEPLOY = ROOT / "deploy"
 CONFIG_RS = ROOT / "src" / "config.rs"
 
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d))+$")
+BYTE_SIZE = re.compile(r"^\d+ ?(B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)?$")
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -134,6 +135,10 @@ def check_value(where: str, ty: str, value: object, report: Report) -> None:
     ok = True
     if inner == "HumanDuration":
         ok = isinstance(value, str) and bool(DURATION.match(value))
+    elif inner == "ByteSize":
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+            isinstance(value, str) and bool(BYTE_SIZE.match(value))
+        )
     elif inner == "bool":
         ok = isinstance(value, bool)
     elif inner in ("usize", "u32", "u64"):

@@ -51,9 +51,15 @@ pub struct Recorder {
     started: Instant,
 }
 
+/// The recording's writer has stopped: nothing more can be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the recording is closed")]
+pub struct Closed;
+
 /// The writer's join handle; `finish` waits for it.
 pub struct Writer {
     task: tokio::task::JoinHandle<std::io::Result<Finished>>,
+    close: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Events queued before the session has to wait for the writer.
@@ -90,13 +96,14 @@ impl Recorder {
             "pam": {"session_id": header.session_id, "user": header.user, "target": header.target},
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(file, path, format!("{line}\n"), rx));
+        let (close, closed) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(write_loop(file, path, format!("{line}\n"), rx, closed));
         Ok((
             Recorder {
                 tx,
                 started: Instant::now(),
             },
-            Writer { task },
+            Writer { task, close },
         ))
     }
 
@@ -104,30 +111,37 @@ impl Recorder {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Terminal output (what the user saw).
-    pub async fn output(&self, data: Bytes) {
-        let _ = self.tx.send((self.now(), Event::Output(data))).await;
+    async fn send(&self, event: Event) -> Result<(), Closed> {
+        self.tx.send((self.now(), event)).await.map_err(|_| Closed)
+    }
+
+    /// Terminal output (what the user saw). `Err`: it was not recorded, and
+    /// must not be relayed either.
+    pub async fn output(&self, data: Bytes) -> Result<(), Closed> {
+        self.send(Event::Output(data)).await
     }
 
     /// Terminal input (keystrokes or an exec command), when recorded.
-    pub async fn input(&self, data: Bytes) {
-        let _ = self.tx.send((self.now(), Event::Input(data))).await;
+    pub async fn input(&self, data: Bytes) -> Result<(), Closed> {
+        self.send(Event::Input(data)).await
     }
 
-    pub async fn resize(&self, cols: u16, rows: u16) {
-        let _ = self.tx.send((self.now(), Event::Resize(cols, rows))).await;
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), Closed> {
+        self.send(Event::Resize(cols, rows)).await
     }
 
     /// A marker (asciicast "m"): broker notices such as a warning or a kill.
-    pub async fn marker(&self, text: impl Into<String>) {
-        let _ = self.tx.send((self.now(), Event::Marker(text.into()))).await;
+    pub async fn marker(&self, text: impl Into<String>) -> Result<(), Closed> {
+        self.send(Event::Marker(text.into())).await
     }
 }
 
 impl Writer {
-    /// Waits until every queued event is written and the file is synced.
-    /// Call after dropping every [`Recorder`] clone.
+    /// Closes the recording: what was queued before is written, later
+    /// events are refused (clones of the [`Recorder`] still held by relay
+    /// tasks do not keep it open), and the file is synced.
     pub async fn finish(self) -> std::io::Result<Finished> {
+        let _ = self.close.send(());
         self.task
             .await
             .map_err(|e| std::io::Error::other(format!("recording writer: {e}")))?
@@ -139,6 +153,7 @@ async fn write_loop(
     path: PathBuf,
     header: String,
     mut rx: mpsc::Receiver<(f64, Event)>,
+    mut close: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<Finished> {
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
     let mut hasher = Sha256::new();
@@ -155,8 +170,14 @@ async fn write_loop(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty = false;
+    let mut closing = false;
     loop {
         tokio::select! {
+            _ = &mut close, if !closing => {
+                // Drain what is queued, refuse the rest.
+                closing = true;
+                rx.close();
+            }
             event = rx.recv() => {
                 let Some((time, event)) = event else { break };
                 line.clear();
@@ -342,11 +363,14 @@ mod tests {
             .unwrap();
         recorder
             .output(Bytes::from_static(b"hello \x1b[1mworld\x1b[0m\r\n<script>"))
-            .await;
-        recorder.resize(100, 30).await;
-        recorder.input(Bytes::from_static(b"ls\r")).await;
-        drop(recorder);
+            .await
+            .unwrap();
+        recorder.resize(100, 30).await.unwrap();
+        recorder.input(Bytes::from_static(b"ls\r")).await.unwrap();
+        // A clone still held elsewhere does not keep the recording open.
+        let late = recorder.clone();
         let finished = writer.finish().await.unwrap();
+        assert_eq!(late.output(Bytes::from_static(b"late")).await, Err(Closed));
         let text = std::fs::read_to_string(dir.path().join("a/b.cast")).unwrap();
         assert_eq!(
             finished.sha256,

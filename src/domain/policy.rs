@@ -99,9 +99,11 @@ pub struct RequestContext {
     pub time_us: i64,
 }
 
-/// Proof that policy allowed a request; names the policies that did.
+/// Policy allowed a request: the policies that did. A decision, not a
+/// licence: access to a target needs the gate's `policy::Permit`, which
+/// only the gate makes, after recording the decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permit {
+pub struct Allowed {
     pub policies: Vec<String>,
 }
 

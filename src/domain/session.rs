@@ -1,6 +1,42 @@
 //! Brokered sessions as records: what the sessions table holds and how
 //! listings filter it.
 
+use std::fmt;
+
+/// What kind of target a session reaches (the `kind` column and field of
+/// `session.start` / `session.end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// An SSH target: a shell, command, subsystem or TCP forward.
+    Ssh,
+    /// A shell or command in an ECS container (ECS Exec).
+    Ecs,
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+impl SessionKind {
+    pub const ALL: [SessionKind; 3] = [SessionKind::Ssh, SessionKind::Ecs, SessionKind::Postgres];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Ssh => "ssh",
+            SessionKind::Ecs => "ecs",
+            SessionKind::Postgres => "postgres",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for SessionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A session as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionRecord {

@@ -5,7 +5,8 @@
 //! [`open`] picks a running task of the target's service (or the configured
 //! task), checks the container and its ECS Exec agent, calls
 //! `ecs:ExecuteCommand` and connects the data channel with ResumeSession
-//! and KMS wired in. The returned [`Shell`] carries [`Meta`] (task ARN,
+//! and KMS wired in; [`select`] and [`execute`] are its two halves, for
+//! callers that must not run the command before their records are durable. The returned [`Shell`] carries [`Meta`] (task ARN,
 //! container, session id, …) for the caller's audit records:
 //!
 //! ```no_run
@@ -151,7 +152,56 @@ pub async fn open_with(
     size: (u32, u32),
     tune: impl FnOnce(&mut Options),
 ) -> Result<Shell, Error> {
+    let selected = select(target, aws).await?;
+    execute_with(selected, target, aws, command, size, tune).await
+}
+
+/// The task and container an ECS Exec session runs in, chosen by [`select`].
+#[derive(Debug, Clone)]
+pub struct Selected {
+    task: TaskInfo,
+    container: ContainerInfo,
+}
+
+impl Selected {
+    pub fn task_arn(&self) -> &str {
+        &self.task.task_arn
+    }
+
+    pub fn container(&self) -> &str {
+        &self.container.name
+    }
+}
+
+/// The first half of [`open`]: picks the task and container (`ListTasks`,
+/// `DescribeTasks`). Reads only: nothing reaches the container, so a caller
+/// may do this while the session's records are written.
+pub async fn select(target: &EcsTarget, aws: &Aws) -> Result<Selected, Error> {
     let (task, container) = select_container(aws, target).await?;
+    Ok(Selected { task, container })
+}
+
+/// The second half of [`open`]: `ecs:ExecuteCommand` in the selected
+/// container and the data channel. The command runs from here on.
+pub async fn execute(
+    selected: Selected,
+    target: &EcsTarget,
+    aws: &Aws,
+    command: Option<&str>,
+    size: (u32, u32),
+) -> Result<Shell, Error> {
+    execute_with(selected, target, aws, command, size, |_| {}).await
+}
+
+async fn execute_with(
+    selected: Selected,
+    target: &EcsTarget,
+    aws: &Aws,
+    command: Option<&str>,
+    size: (u32, u32),
+    tune: impl FnOnce(&mut Options),
+) -> Result<Shell, Error> {
+    let Selected { task, container } = selected;
     let runtime_id = container.runtime_id.clone().unwrap_or_default();
     let ssm_target = format!(
         "ecs:{}_{}_{}",

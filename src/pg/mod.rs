@@ -62,8 +62,6 @@ pub struct Deps {
     pub audit_window: usize,
     /// `server.max_connections`.
     pub max_connections: usize,
-    /// Where session query logs go (`data_dir/recordings`).
-    pub recordings: std::path::PathBuf,
 }
 
 /// State every connection of the room shares.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{self, Severity};
 use super::query::{Completed, TrackError, Tracker};
 use super::{Stream, cancel};
-use crate::audit::recording::Recorder;
+use crate::audit::recording::{Closed, Recorder};
 use crate::audit::{Audit, Pending};
 use crate::domain::audit::{AuditError, AuditEvent, EventKind, Outcome};
 use crate::sessions::{EndReason, Live, Notice};
@@ -70,6 +70,8 @@ enum RelayError {
     Track(#[from] TrackError),
     #[error("{0}")]
     Audit(#[from] AuditError),
+    #[error("the query log cannot be written")]
+    Recording(#[from] Closed),
 }
 
 enum ClientEnd {
@@ -93,13 +95,8 @@ struct Counters {
 
 /// Relays until either side closes or the broker ends the session; the
 /// end reason is set on `live` (finishing it is the caller's job).
-pub async fn run(
-    client: Stream,
-    upstream: Stream,
-    live: &mut Live,
-    context: Context,
-    log: Recorder,
-) -> Summary {
+pub async fn run(client: Stream, upstream: Stream, live: &mut Live, context: Context) -> Summary {
+    let log = live.recorder().cloned();
     let tracker = Mutex::new(Tracker::new(context.db_params).with_log());
     let counters = Counters::default();
     let (mut client_read, mut client_write) = tokio::io::split(client);
@@ -115,7 +112,7 @@ pub async fn run(
             &mut upstream_write,
             &tracker,
             &counters,
-            &log,
+            log.as_ref(),
             stop_client.clone(),
         );
         let to_client = upstream_to_client(
@@ -180,8 +177,12 @@ pub async fn run(
                 _ = ticker.tick() => {
                     apply(&counters, live);
                     let text = tracker.lock().map(|mut t| t.take_log()).unwrap_or_default();
-                    if !text.is_empty() {
-                        log.output(bytes::Bytes::from(text)).await;
+                    if !text.is_empty()
+                        && let Some(log) = &log
+                        && log.output(bytes::Bytes::from(text)).await.is_err()
+                    {
+                        // Nothing goes on unrecorded.
+                        live.end(EndReason::Error(RelayError::Recording(Closed).to_string()));
                     }
                 }
             }
@@ -198,12 +199,15 @@ pub async fn run(
         .map(|mut t| t.unanswered())
         .unwrap_or_default();
     let text = tracker.lock().map(|mut t| t.take_log()).unwrap_or_default();
-    if !text.is_empty() {
-        log.output(bytes::Bytes::from(text)).await;
+    if !text.is_empty()
+        && let Some(log) = &log
+    {
+        let _ = log.output(bytes::Bytes::from(text)).await;
     }
     if let Err(e) = &outcome {
         let reason = match e {
             RelayError::Audit(e) => EndReason::Error(format!("{e}")),
+            RelayError::Recording(_) => EndReason::Error(e.to_string()),
             RelayError::Track(e) => EndReason::Error(format!("client {e}")),
             RelayError::Io(e) => EndReason::Error(format!("connection error: {e}")),
         };
@@ -271,7 +275,7 @@ async fn client_to_upstream<R, W>(
     write: &mut W,
     tracker: &Mutex<Tracker>,
     counters: &Counters,
-    log: &Recorder,
+    log: Option<&Recorder>,
     stop: CancellationToken,
 ) -> Result<ClientEnd, RelayError>
 where
@@ -301,8 +305,9 @@ where
             let text = (tracker.log_len() >= LOG_BATCH).then(|| tracker.take_log());
             (tracker.terminated(), text)
         };
-        if let Some(text) = text {
-            log.output(bytes::Bytes::from(text)).await;
+        // Handed to the query log before it reaches the database.
+        if let (Some(text), Some(log)) = (text, log) {
+            log.output(bytes::Bytes::from(text)).await?;
         }
         write.write_all(&buf[..n]).await?;
         write.flush().await?;

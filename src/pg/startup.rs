@@ -1,9 +1,10 @@
 //! The client side of a connection, up to the relay: TLS negotiation
 //! (GSSAPI encryption is declined), the startup packet, the broker token
 //! as a cleartext password over TLS, the token and user checks, the target
-//! named in `database`, the policy gate, the database login, and the
-//! session record. Every refusal is an `ErrorResponse` with its SQLSTATE,
-//! and is audited.
+//! named in `database`, the policy gate, then the session opened from its
+//! permit while the transport to the database connects, and the database
+//! login once the session's records are durable. Every refusal is an
+//! `ErrorResponse` with its SQLSTATE, and is audited.
 //!
 //! `database` is `TARGET` (the target's configured database) or
 //! `TARGET/DBNAME` (another database on the same server). A reason for the
@@ -21,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Severity, Startup};
 use super::{Room, STARTUP_TIMEOUT, Stream, relay, upstream};
-use crate::audit::recording;
 use crate::config::{PostgresTarget, TargetConfig, TargetKind};
-use crate::domain::audit::{AuditEvent, EventKind, Outcome, now_us};
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::principal::Principal;
+use crate::domain::session::SessionKind;
 use crate::identity::AuthError;
-use crate::sessions::NewSession;
+use crate::sessions::{EndReason, Finish, NewSession, Recording};
 
 /// A refusal told to the client as a FATAL `ErrorResponse`.
 pub struct Refusal {
@@ -111,12 +112,46 @@ pub async fn handle(
         .database
         .clone()
         .unwrap_or_else(|| pg.database.clone());
-    let connected = match room
-        .upstreams
-        .connect(&target.name, &pg, &database, &request.params)
+
+    // 1. Policy decides before the broker touches the database.
+    let context = RequestContext {
+        source_ip: Some(peer.ip()),
+        reason: request.reason.clone(),
+        login: pg.db_user.clone(),
+        ..RequestContext::default()
+    };
+    let permit = match room
+        .deps
+        .gate
+        .permit(
+            &principal,
+            Action::DbConnect,
+            Resource::Target(target.to_ref()),
+            context,
+        )
         .await
     {
-        Ok(connected) => connected,
+        Ok(permit) => permit,
+        Err(denied) => {
+            let mut refusal = Refusal::new(
+                "42501",
+                format!("access to {} denied: {}", target.name, denied.message),
+            );
+            if let Some(hint) = denied.hint {
+                refusal = refusal.hint(format!(
+                    "{hint} (a reason goes in PGOPTIONS=\"-c pam.reason=...\")"
+                ));
+            }
+            return refuse(stream, &refusal).await;
+        }
+    };
+    let upstream_failed =
+        |e: &upstream::Error| Refusal::new(e.sqlstate(), format!("target {}: {e}", target.name));
+
+    // 2. The broker's credential for the database (it names the database
+    // user the session is recorded with); nothing reaches the database.
+    let credential = match room.upstreams.credential(&target.name, &pg).await {
+        Ok(credential) => credential,
         Err(e) => {
             room.deps
                 .audit
@@ -133,75 +168,66 @@ pub async fn handle(
                         })),
                 )
                 .await;
-            let refusal = Refusal::new(e.sqlstate(), format!("target {}: {e}", target.name));
-            return refuse(stream, &refusal).await;
+            return refuse(stream, &upstream_failed(&e)).await;
         }
     };
-    let context = RequestContext {
-        source_ip: Some(peer.ip()),
-        reason: request.reason.clone(),
-        login: Some(connected.db_user.clone()),
-        ..RequestContext::default()
+
+    // 3. The transport to the database (TCP or an SSM route, TLS) while the
+    // session's records are written; the login goes out once they are
+    // durable.
+    let new = NewSession {
+        kind: SessionKind::Postgres,
+        login: Some(credential.user().to_owned()),
+        client: request.application_name.clone(),
+        details: json!({
+            "database": database,
+            "db_user": credential.user(),
+            "address": pg.address,
+            "tls": upstream::tls_mode(pg.tls),
+            "client_tls": stream.is_tls(),
+            "via_ssm_target": pg.via.as_ref().map(|v| v.ssm_target.clone()),
+        }),
     };
-    // The query log: every statement whole, hashed into session.end.
-    let session_id = uuid::Uuid::now_v7().to_string();
-    let relative = recording::relative_path(&session_id, now_us());
-    let header = recording::Header {
-        width: 120,
-        height: 40,
-        timestamp: now_us() / 1_000_000,
+    let recording = Recording::QueryLog {
         title: format!("postgres {} ({database})", target.name),
-        term: None,
-        session_id: session_id.clone(),
-        user: principal.email().to_owned(),
-        target: target.name.clone(),
     };
-    let (log, log_writer) =
-        match recording::Recorder::create(&room.deps.recordings, &relative, &header).await {
-            Ok(created) => created,
-            Err(e) => {
-                tracing::error!(error = %e, "creating the session's query log failed");
-                let refusal = Refusal::new("57P03", "the broker cannot record this session");
-                return refuse(stream, &refusal).await;
-            }
-        };
-    let opened = room
-        .deps
-        .sessions
-        .open_with_id(
-            session_id,
-            NewSession {
-                kind: "postgres",
-                principal: principal.clone(),
-                target: target.name.clone(),
-                login: Some(connected.db_user.clone()),
-                source_ip: Some(peer.ip()),
-                client: request.application_name.clone(),
-                action: Action::DbConnect,
-                resource: Resource::Target(target.to_ref()),
-                context,
-                recording: Some(relative.display().to_string()),
-                details: json!({
-                    "database": database,
-                    "db_user": connected.db_user,
-                    "address": pg.address,
-                    "tls": upstream::tls_mode(pg.tls),
-                    "client_tls": stream.is_tls(),
-                    "via_ssm_target": pg.via.as_ref().map(|v| v.ssm_target.clone()),
-                }),
-            },
-        )
-        .await;
+    let (transport, opened) = tokio::join!(
+        room.upstreams.transport(&target.name, &pg),
+        room.deps.sessions.open(permit, new, recording),
+    );
     let mut live = match opened {
         Ok(live) => live,
         Err(e) => {
-            drop(log);
-            let _ = log_writer.finish().await;
-            let refusal = Refusal::new("57P03", format!("refused: {e}"));
+            let refusal = Refusal::new("57P03", e.to_string());
             return refuse(stream, &refusal).await;
         }
     };
     tracing::Span::current().record("session_id", live.id());
+    let connected = match transport {
+        Ok(transport) => {
+            room.upstreams
+                .login_on(
+                    &target.name,
+                    &pg,
+                    transport,
+                    credential,
+                    &database,
+                    &request.params,
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(e) => {
+            let refused = refuse(stream, &upstream_failed(&e)).await;
+            live.abort(EndReason::Error(e.to_string())).await;
+            return refused;
+        }
+    };
+
+    // 4. The relay.
     let ticket = room.cancels.register(
         connected.cancel.clone(),
         live.id(),
@@ -225,27 +251,19 @@ pub async fn handle(
                 db_params: room.deps.db_params,
                 cancel: connected.cancel.clone(),
             };
-            relay::run(stream, connected.stream, &mut live, context, log).await
+            relay::run(stream, connected.stream, &mut live, context).await
         }
         Err(e) => {
-            drop(log);
-            live.end(crate::sessions::EndReason::Error(e.to_string()));
+            live.end(EndReason::Error(e.to_string()));
             relay::Summary::default()
         }
     };
     drop(ticket);
-    let finished = log_writer.finish().await;
-    if let Err(e) = &finished {
-        tracing::error!(error = %e, "writing the session's query log failed");
-    }
-    let finished = finished.ok();
-    live.finish(crate::sessions::Finish {
-        recording_sha256: finished.as_ref().map(|f| f.sha256.clone()),
+    live.finish(Finish {
         details: json!({
             "statements": relayed.statements,
             "statements_failed": relayed.failed,
             "audit_failures": relayed.audit_failures,
-            "query_log_bytes": finished.as_ref().map(|f| f.bytes),
         }),
         ..Default::default()
     })
@@ -437,7 +455,7 @@ fn strip_reason(options: &str) -> (String, Option<String>) {
     (kept.join(" "), reason)
 }
 
-/// Password (the broker token), user, target and policy.
+/// Password (the broker token), user and target.
 async fn authenticate(
     room: &Room,
     stream: &mut Stream,
@@ -535,35 +553,6 @@ async fn authenticate(
         )
         .hint("`pam ls db` lists the targets you may use"));
     };
-    let context = RequestContext {
-        source_ip: Some(peer.ip()),
-        reason: request.reason.clone(),
-        login: pg.db_user.clone(),
-        ..RequestContext::default()
-    };
-    if let Err(denied) = room
-        .deps
-        .gate
-        .check(
-            &principal.identity,
-            Some(&principal.session_id),
-            Action::DbConnect,
-            &Resource::Target(target.to_ref()),
-            &context,
-        )
-        .await
-    {
-        let mut refusal = Refusal::new(
-            "42501",
-            format!("access to {} denied: {}", target.name, denied.message),
-        );
-        if let Some(hint) = denied.hint {
-            refusal = refusal.hint(format!(
-                "{hint} (a reason goes in PGOPTIONS=\"-c pam.reason=...\")"
-            ));
-        }
-        return Err(refusal);
-    }
     Ok((principal, target, pg))
 }
 

@@ -1,7 +1,11 @@
-//! The database side: connects to a target (TLS per its `tls` mode), logs
-//! in as the broker's database user with SCRAM-SHA-256, MD5 or cleartext
-//! (a Secrets Manager password) or an RDS IAM token, and reads the server's
-//! parameters up to its first `ReadyForQuery`. Every step has a timeout.
+//! The database side, in three steps so the session's records can be
+//! written before anything of the login reaches the database: the
+//! credential ([`Upstreams::credential`]: a Secrets Manager password or an
+//! RDS IAM token), the transport ([`Upstreams::transport`]: TCP or an SSM
+//! port route, TLS per the target's `tls` mode), and the login
+//! ([`Upstreams::login_on`]: SCRAM-SHA-256, MD5 or cleartext, then the
+//! server's parameters up to its first `ReadyForQuery`). Every step has a
+//! timeout.
 //!
 //! Credentials are cached briefly (a secret five minutes, an RDS token ten
 //! of its fifteen); when the database refuses a cached password it is read
@@ -195,27 +199,51 @@ impl Upstreams {
         }
     }
 
-    /// Logs in to `database` on the target named `name`, passing on the
-    /// client's session parameters.
-    pub async fn connect(
+    /// The credential the broker logs in to the target with (cached
+    /// briefly). Reading it reaches Secrets Manager or signs a token, never
+    /// the database.
+    pub async fn credential(
         &self,
         name: &str,
         target: &PostgresTarget,
+    ) -> Result<DbCredential, Error> {
+        self.login(name, target, false)
+            .await
+            .map(|login| DbCredential { login })
+    }
+
+    /// The transport to the target: TCP (or an SSM port route) and TLS per
+    /// the target's `tls`. Nothing of the login is sent yet, so this may
+    /// overlap with writing the session's records.
+    pub async fn transport(&self, name: &str, target: &PostgresTarget) -> Result<Transport, Error> {
+        let tls = self.tls_config(name, target)?;
+        match &target.via {
+            Some(via) => self.transport_routed(target, &via.ssm_target, tls).await,
+            None => transport_direct(target, tls).await,
+        }
+    }
+
+    /// Logs in to `database` over `transport` with `credential`, passing on
+    /// the client's session parameters: the credential reaches the target
+    /// here. A cached password the database refuses is read again once
+    /// (on a new transport), so a rotated secret costs one retry.
+    pub async fn login_on(
+        &self,
+        name: &str,
+        target: &PostgresTarget,
+        transport: Transport,
+        credential: DbCredential,
         database: &str,
         params: &[(String, String)],
     ) -> Result<Connected, Error> {
-        let tls = self.tls_config(name, target)?;
-        let login = self.login(name, target, false).await?;
-        match self
-            .attempt(target, tls.clone(), database, params, &login)
-            .await
-        {
+        let login = credential.login;
+        match transport.login(target, database, params, &login).await {
             Err(Error::Refused { sqlstate, .. })
                 if login.cached && (sqlstate == "28P01" || sqlstate == "28000") =>
             {
-                // Perhaps rotated: read the credential again, once.
                 let fresh = self.login(name, target, true).await?;
-                self.attempt(target, tls, database, params, &fresh).await
+                let transport = self.transport(name, target).await?;
+                transport.login(target, database, params, &fresh).await
             }
             other => other,
         }
@@ -307,75 +335,13 @@ impl Upstreams {
         Ok(login)
     }
 
-    async fn attempt(
-        &self,
-        target: &PostgresTarget,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        database: &str,
-        params: &[(String, String)],
-        login: &Login,
-    ) -> Result<Connected, Error> {
-        let timeout = target.connect_timeout.0;
-        let address = target.address.clone();
-        if let Some(via) = &target.via {
-            return self
-                .attempt_routed(target, &via.ssm_target, tls, database, params, login)
-                .await;
-        }
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&address))
-            .await
-            .map_err(|_| Error::Unreachable {
-                address: address.clone(),
-                reason: format!("no answer within {}", target.connect_timeout),
-            })?
-            .map_err(|e| Error::Unreachable {
-                address: address.clone(),
-                reason: e.to_string(),
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let server_name =
-            tls::server_name(&address).map_err(|e| Error::Config(format!("{e:#}")))?;
-        let handshake = async {
-            let stream = match &tls {
-                None => Stream::Plain(tcp),
-                Some(config) => start_tls(tcp, config.clone(), server_name.clone()).await?,
-            };
-            login_on(stream, database, params, login).await
-        };
-        let (stream, parameter_status, status, pid, key) = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| Error::Unreachable {
-                address: address.clone(),
-                reason: format!("the login did not finish within {}", target.connect_timeout),
-            })??;
-        Ok(Connected {
-            tls: stream.is_tls(),
-            stream,
-            parameter_status,
-            status,
-            cancel: cancel::Upstream {
-                address,
-                tls,
-                server_name,
-                connect_timeout: timeout,
-                pid,
-                key,
-                via: None,
-            },
-            db_user: login.user.clone(),
-        })
-    }
-
-    /// [`Self::attempt`] through an SSM port route (`via.ssm_target`).
-    async fn attempt_routed(
+    /// [`Self::transport`] through an SSM port route (`via.ssm_target`).
+    async fn transport_routed(
         &self,
         target: &PostgresTarget,
         ssm_target: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
-        database: &str,
-        params: &[(String, String)],
-        login: &Login,
-    ) -> Result<Connected, Error> {
+    ) -> Result<Transport, Error> {
         let timeout = target.connect_timeout.0;
         let address = target.address.clone();
         let late = |what: &str| Error::Unreachable {
@@ -388,22 +354,71 @@ impl Upstreams {
                 .map_err(|_| late("the SSM port route"))??;
         let server_name =
             tls::server_name(&address).map_err(|e| Error::Config(format!("{e:#}")))?;
-        let handshake = async {
-            let io = match &tls {
-                None => RoutedIo::Plain(io),
-                Some(config) => RoutedIo::Tls(Box::new(
-                    client_tls(io, config.clone(), server_name.clone()).await?,
-                )),
-            };
-            let stream = Stream::Routed(Box::new(Routed {
+        let io = match &tls {
+            None => RoutedIo::Plain(io),
+            Some(config) => RoutedIo::Tls(Box::new(
+                tokio::time::timeout(timeout, client_tls(io, config.clone(), server_name.clone()))
+                    .await
+                    .map_err(|_| late("TLS"))??,
+            )),
+        };
+        Ok(Transport {
+            stream: Stream::Routed(Box::new(Routed {
                 io,
                 route: Some(route),
-            }));
-            login_on(stream, database, params, login).await
-        };
-        let (stream, parameter_status, status, pid, key) = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| late("the login"))??;
+            })),
+            address,
+            tls,
+            server_name,
+            via: Some((self.aws.clone(), ssm_target.to_owned())),
+        })
+    }
+}
+
+/// A database credential for one login ([`Upstreams::credential`]).
+pub struct DbCredential {
+    login: Login,
+}
+
+impl DbCredential {
+    /// The database user the broker logs in as.
+    pub fn user(&self) -> &str {
+        &self.login.user
+    }
+}
+
+/// A connection to the database before its login ([`Upstreams::transport`]).
+pub struct Transport {
+    stream: Stream,
+    address: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    via: Option<(Aws, String)>,
+}
+
+impl Transport {
+    async fn login(
+        self,
+        target: &PostgresTarget,
+        database: &str,
+        params: &[(String, String)],
+        login: &Login,
+    ) -> Result<Connected, Error> {
+        let Transport {
+            stream,
+            address,
+            tls,
+            server_name,
+            via,
+        } = self;
+        let timeout = target.connect_timeout.0;
+        let (stream, parameter_status, status, pid, key) =
+            tokio::time::timeout(timeout, login_on(stream, database, params, login))
+                .await
+                .map_err(|_| Error::Unreachable {
+                    address: address.clone(),
+                    reason: format!("the login did not finish within {}", target.connect_timeout),
+                })??;
         Ok(Connected {
             tls: stream.is_tls(),
             stream,
@@ -416,11 +431,50 @@ impl Upstreams {
                 connect_timeout: timeout,
                 pid,
                 key,
-                via: Some((self.aws.clone(), ssm_target.to_owned())),
+                via,
             },
             db_user: login.user.clone(),
         })
     }
+}
+
+/// [`Upstreams::transport`] over TCP.
+async fn transport_direct(
+    target: &PostgresTarget,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Transport, Error> {
+    let timeout = target.connect_timeout.0;
+    let address = target.address.clone();
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(&address))
+        .await
+        .map_err(|_| Error::Unreachable {
+            address: address.clone(),
+            reason: format!("no answer within {}", target.connect_timeout),
+        })?
+        .map_err(|e| Error::Unreachable {
+            address: address.clone(),
+            reason: e.to_string(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let server_name = tls::server_name(&address).map_err(|e| Error::Config(format!("{e:#}")))?;
+    let stream = match &tls {
+        None => Stream::Plain(tcp),
+        Some(config) => {
+            tokio::time::timeout(timeout, start_tls(tcp, config.clone(), server_name.clone()))
+                .await
+                .map_err(|_| Error::Unreachable {
+                    address: address.clone(),
+                    reason: format!("TLS did not finish within {}", target.connect_timeout),
+                })??
+        }
+    };
+    Ok(Transport {
+        stream,
+        address,
+        tls,
+        server_name,
+        via: None,
+    })
 }
 
 async fn start_tls(

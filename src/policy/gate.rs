@@ -9,11 +9,12 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::permit::{Grant, Permit};
 use super::{Engine, PolicyError};
 use crate::audit::Audit;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
-use crate::domain::policy::{Action, Denied, Permit, RequestContext, Resource};
-use crate::domain::principal::UserIdentity;
+use crate::domain::policy::{Action, Allowed, Denied, RequestContext, Resource};
+use crate::domain::principal::{Principal, UserIdentity};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -44,7 +45,7 @@ impl Gate {
         action: Action,
         resource: &Resource,
         context: &RequestContext,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Allowed, Denied> {
         self.check_inner(who, session_id, action, resource, context, false)
             .await
     }
@@ -57,7 +58,7 @@ impl Gate {
         action: Action,
         resource: &Resource,
         context: &RequestContext,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Allowed, Denied> {
         self.check_inner(who, session_id, action, resource, context, true)
             .await
     }
@@ -69,24 +70,50 @@ impl Gate {
         action: Action,
         resource: &Resource,
         context: &RequestContext,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Allowed, Denied> {
         self.engine.decide(who, action, resource, context)
     }
 
-    /// Decides and queues the record without waiting for it: the caller must
-    /// `confirm` it before acting on a permit (it may do other work, such
-    /// as connecting to the target, meanwhile).
-    pub async fn check_deferred(
+    /// Decides a request that opens a session (SSH, ECS exec, PostgreSQL).
+    /// Allowed: a [`Permit`] for exactly this request, its `policy.decision`
+    /// queued but not yet durable. `Sessions::open` waits for that record
+    /// before it opens anything, so the caller may prepare meanwhile (connect
+    /// the transport to an SSH target, read a credential) but must not reach
+    /// the target with a channel, command, query or credential. Denied: the
+    /// denial, once its record is durable (or could not be written).
+    pub async fn permit(
         &self,
-        who: &UserIdentity,
-        session_id: Option<&str>,
+        principal: &Principal,
         action: Action,
-        resource: &Resource,
-        context: &RequestContext,
-    ) -> (Result<Permit, Denied>, crate::audit::Pending) {
-        let (decision, event) = self.decide(who, session_id, action, resource, context, false);
-        let pending = self.audit.enqueue(event).await;
-        (decision, pending)
+        resource: Resource,
+        context: RequestContext,
+    ) -> Result<Permit, Denied> {
+        let (decision, event) = self.decide(
+            &principal.identity,
+            Some(&principal.session_id),
+            action,
+            &resource,
+            &context,
+            false,
+        );
+        match decision {
+            Ok(allowed) => {
+                let pending = self.audit.enqueue(event).await;
+                let grant = Grant {
+                    principal: principal.clone(),
+                    action,
+                    resource,
+                    context,
+                    policies: allowed.policies,
+                };
+                Ok(Permit::new(grant, pending))
+            }
+            Err(denied) => {
+                // Already a refusal: an unrecordable one is still refused.
+                let _ = self.audit.gate(event).await;
+                Err(denied)
+            }
+        }
     }
 
     async fn check_inner(
@@ -97,7 +124,7 @@ impl Gate {
         resource: &Resource,
         context: &RequestContext,
         recheck: bool,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Allowed, Denied> {
         let (decision, event) = self.decide(who, session_id, action, resource, context, recheck);
         if let Err(e) = self.audit.gate(event).await {
             return Err(Denied {
@@ -118,7 +145,7 @@ impl Gate {
         resource: &Resource,
         context: &RequestContext,
         recheck: bool,
-    ) -> (Result<Permit, Denied>, AuditEvent) {
+    ) -> (Result<Allowed, Denied>, AuditEvent) {
         let decision = self.engine.decide(who, action, resource, context);
         let policy_hash = self.engine.active().hash.clone();
         let (outcome, details) = match &decision {

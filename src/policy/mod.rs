@@ -7,6 +7,7 @@
 //! decides, explains a denial in one line, and records every decision.
 
 pub mod gate;
+pub mod permit;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -20,10 +21,11 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::domain::policy::{Action, Denied, Permit, RequestContext, Resource, TargetRef};
+use crate::domain::policy::{Action, Allowed, Denied, RequestContext, Resource, TargetRef};
 use crate::domain::principal::UserIdentity;
 
 pub use gate::Gate;
+pub use permit::Permit;
 
 /// The schema file in the policy directory.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -138,11 +140,11 @@ impl Engine {
         action: Action,
         resource: &Resource,
         context: &RequestContext,
-    ) -> Result<Permit, Denied> {
+    ) -> Result<Allowed, Denied> {
         let loaded = self.active();
         let outcome = self.evaluate(&loaded, who, action, resource, context);
         match outcome {
-            Ok(policies) => Ok(Permit { policies }),
+            Ok(policies) => Ok(Allowed { policies }),
             Err((policies, errors)) => {
                 Err(self.explain(&loaded, who, action, resource, context, policies, errors))
             }

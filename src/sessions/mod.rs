@@ -1,30 +1,43 @@
-//! Live brokered sessions (SSH, ECS exec, PostgreSQL), one implementation
-//! of their lifecycle for every room: the `sessions` row, `session.start` /
-//! `session.end`, idle and max-duration limits with a warning a minute
-//! before, termination by id (from any broker of the fleet), and ending
-//! sessions whose broker session is revoked or whose policy now denies.
+//! Live brokered sessions (SSH channels and forwards, ECS exec, PostgreSQL):
+//! the one lifecycle every room goes through.
 //!
-//! A room opens a [`Live`] after the policy gate allowed the access, feeds
-//! it byte counts and input activity, and `select!`s on
-//! [`Live::ended`] and [`Live::notice`]; it tells the user why, closes, and
-//! calls [`Live::finish`].
+//! A room asks the policy gate for a [`Permit`] and hands it to
+//! [`Sessions::open`], which returns a [`Live`] session only once the
+//! decision, the `sessions` row and `session.start` are durable (fail
+//! closed), with its recording created. The room may prepare meanwhile (the
+//! SSH transport to the target, a database credential), but reaches the
+//! target with a channel, command, query or credential only after `open`
+//! returned. The live session owns its recorder and counters; the broker
+//! ends it on idle and max-duration limits (with a warning first),
+//! termination by id from any broker of the fleet, revocation of the broker
+//! session, and a policy change that now denies the same request. The room
+//! `select!`s on [`Live::ended`] and [`Live::notice`], tells the user, and
+//! calls [`Live::finish`] (the recording hashed into `session.end`);
+//! [`Live::abort`] is every failure path after `open`.
+
+mod limits;
+mod live;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use live::{Counters, Finish, Live, Notice};
+
+use self::limits::{Activity, Limits};
 use crate::audit::Audit;
-use crate::domain::audit::{AuditError, AuditEvent, EventKind, Outcome, format_us, now_us};
-use crate::domain::policy::{Action, RequestContext, Resource};
-use crate::domain::principal::Principal;
-use crate::metrics::{Metrics, SessionGauge};
+use crate::audit::recording::{self, Recorder};
+use crate::domain::audit::{AuditError, AuditEvent, EventKind, Outcome, now_us};
+use crate::domain::session::{SessionKind, SessionRecord};
+use crate::metrics::Metrics;
 use crate::policy::Gate;
+use crate::policy::permit::{Grant, Permit};
 use crate::store::{self, Db};
 
 /// Why a session ended.
@@ -84,39 +97,51 @@ impl EndReason {
             EndReason::Error(_) => "error",
         }
     }
+
+    /// Ended by the user or the target, not by the broker.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, EndReason::Closed | EndReason::UpstreamClosed)
+    }
 }
 
-/// What a room knows when it opens a session.
+/// What a room knows about a session besides its [`Permit`] (who, which
+/// action on which target, from where, with which reason).
 pub struct NewSession {
-    /// `ssh`, `ecs` or `postgres`.
-    pub kind: &'static str,
-    pub principal: Principal,
-    pub target: String,
+    pub kind: SessionKind,
+    /// The login on the target (SSH login, database user), if any.
     pub login: Option<String>,
-    pub source_ip: Option<IpAddr>,
+    /// The client software (SSH version string, `application_name`).
     pub client: Option<String>,
-    /// The access the policy gate allowed (re-checked when policy changes).
-    pub action: Action,
-    pub resource: Resource,
-    pub context: RequestContext,
-    /// Path of the recording under the recordings directory, if any.
-    pub recording: Option<String>,
+    /// Kind-specific fields of `session.start` (channel, command, database…).
     pub details: serde_json::Value,
 }
 
-/// How a session ended, as the room saw it.
-#[derive(Debug, Clone, Default)]
-pub struct Finish {
-    pub exit_status: Option<i64>,
-    pub recording_sha256: Option<String>,
-    pub details: serde_json::Value,
+/// What a session records besides its audit events.
+#[derive(Debug, Clone)]
+pub enum Recording {
+    /// Nothing: SFTP (its operations are audited one by one) and TCP forwards.
+    Off,
+    /// The terminal in asciicast v2, for shells and commands (off with
+    /// `session.record = false`).
+    Terminal {
+        title: String,
+        cols: u32,
+        rows: u32,
+        term: Option<String>,
+    },
+    /// The PostgreSQL query log (asciicast v2, every statement whole).
+    QueryLog { title: String },
 }
 
-/// A notice for the user of a live session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    /// A warning line (limits about to end the session).
-    Warning(String),
+/// Why [`Sessions::open`] refused. The message is safe to show the user.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("refused: {0}")]
+    Unrecorded(#[from] AuditError),
+    #[error("refused: the session cannot be recorded")]
+    Recording(#[source] std::io::Error),
+    #[error("refused: your broker session has ended (revoked or expired); run `pam login`")]
+    BrokerSessionEnded,
 }
 
 /// The live-session registry of this broker. Cheap to clone.
@@ -131,33 +156,46 @@ struct Inner {
     gate: Gate,
     metrics: Arc<Metrics>,
     node: String,
-    idle_timeout: Duration,
-    max_duration: Duration,
-    warn_before: Duration,
+    limits: Limits,
+    /// `session.record`: terminal recordings on.
+    record_terminals: bool,
+    recordings: PathBuf,
     live: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Session ends the store could not take yet; retried every second.
+    unrecorded: Mutex<Vec<PendingEnd>>,
 }
 
+/// A live session as the registry holds it.
 struct Entry {
     id: String,
-    new: NewSession,
+    kind: SessionKind,
+    grant: Grant,
+    login: Option<String>,
+    /// Path of the recording under the recordings directory.
+    recording: Option<String>,
     started_us: i64,
-    last_input_us: AtomicI64,
+    activity: Activity,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     cancel: CancellationToken,
     reason: Mutex<Option<EndReason>>,
     notices: mpsc::Sender<Notice>,
-    warned_idle: std::sync::atomic::AtomicBool,
-    warned_max: std::sync::atomic::AtomicBool,
 }
 
-/// A live session, held by the room's connection task.
-pub struct Live {
-    entry: Arc<Entry>,
-    sessions: Sessions,
-    notices: mpsc::Receiver<Notice>,
-    _gauge: SessionGauge,
-    finished: bool,
+/// A session end whose row update or `session.end` is still to be written.
+struct PendingEnd {
+    id: String,
+    row: Option<store::sessions::SessionEnd>,
+    event: Option<AuditEvent>,
+}
+
+/// Poisoning is recovered the same way everywhere here: the registry maps
+/// are whole after every operation, and a session left unregistered could
+/// no longer be limited or terminated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Sessions {
@@ -168,6 +206,7 @@ impl Sessions {
         metrics: Arc<Metrics>,
         node: String,
         session: &crate::config::SessionConfig,
+        recordings: PathBuf,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -176,10 +215,15 @@ impl Sessions {
                 gate,
                 metrics,
                 node,
-                idle_timeout: session.idle_timeout.0,
-                max_duration: session.max_duration.0,
-                warn_before: session.warn_before.0,
+                limits: Limits {
+                    idle: session.idle_timeout.0,
+                    max: session.max_duration.0,
+                    warn_before: session.warn_before.0,
+                },
+                record_terminals: session.record,
+                recordings,
                 live: Mutex::new(HashMap::new()),
+                unrecorded: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -188,38 +232,84 @@ impl Sessions {
         &self.inner.node
     }
 
-    pub fn idle_timeout(&self) -> Duration {
-        self.inner.idle_timeout
-    }
-
-    /// Records the session (row + `session.start`) and registers it. With a
-    /// fail-closed trail, an unrecordable session is refused.
-    pub async fn open(&self, new: NewSession) -> Result<Live, AuditError> {
+    /// Opens a session for what `permit` allowed. Returns only once the
+    /// policy decision, the `sessions` row and `session.start` are durable
+    /// (with a fail-closed trail; otherwise a lost record is logged) and the
+    /// recording exists; refuses when the broker session has ended since
+    /// the caller authenticated. Nothing may reach the target before.
+    pub async fn open(
+        &self,
+        permit: Permit,
+        new: NewSession,
+        recording: Recording,
+    ) -> Result<Live, OpenError> {
+        let (grant, decision) = permit.into_parts();
         let id = uuid::Uuid::now_v7().to_string();
-        self.open_with_id(id, new).await
-    }
-
-    /// Like [`Sessions::open`] with an id chosen by the room (it may name
-    /// the recording before the session is opened).
-    pub async fn open_with_id(&self, id: String, new: NewSession) -> Result<Live, AuditError> {
-        let now = now_us();
-        let record = crate::domain::session::SessionRecord {
+        let started_us = now_us();
+        let header = self.header(&id, started_us, &grant, &recording);
+        let relative = header
+            .as_ref()
+            .map(|_| recording::relative_path(&id, started_us));
+        let (notices_tx, notices) = mpsc::channel(8);
+        let entry = Arc::new(Entry {
             id: id.clone(),
-            kind: new.kind.to_owned(),
-            user_email: new.principal.identity.email.clone(),
-            broker_session: Some(new.principal.session_id.clone()),
-            target: new.target.clone(),
+            kind: new.kind,
+            grant,
+            login: new.login.clone(),
+            recording: relative.as_ref().map(|p| p.display().to_string()),
+            started_us,
+            activity: Activity::new(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+            reason: Mutex::new(None),
+            notices: notices_tx,
+        });
+
+        // The broker session is checked again here, not taken from the
+        // login: a channel opened after `pam logout` is refused. The
+        // recording exists before `session.start` names it.
+        let (alive, recorder) = tokio::join!(
+            self.broker_session_alive(&entry.grant.principal.session_id),
+            async {
+                match (&relative, &header) {
+                    (Some(relative), Some(header)) => {
+                        Recorder::create(&self.inner.recordings, relative, header)
+                            .await
+                            .map(Some)
+                    }
+                    _ => Ok(None),
+                }
+            }
+        );
+        let recorder = match recorder {
+            Ok(recorder) => recorder,
+            Err(e) => {
+                tracing::error!(error = %e, session = %id, "creating the session recording failed");
+                return Err(OpenError::Recording(e));
+            }
+        };
+        if let Err(e) = alive {
+            self.discard(recorder, relative.as_deref()).await;
+            return Err(e);
+        }
+        let record = SessionRecord {
+            id: id.clone(),
+            kind: new.kind.as_str().to_owned(),
+            user_email: entry.grant.principal.email().to_owned(),
+            broker_session: Some(entry.grant.principal.session_id.clone()),
+            target: entry.target().to_owned(),
             login: new.login.clone(),
             node: self.inner.node.clone(),
-            source_ip: new.source_ip.map(|ip| ip.to_canonical().to_string()),
+            source_ip: entry.source_ip().map(|ip| ip.to_canonical().to_string()),
             client: new.client.clone(),
-            started_at: now,
+            started_at: started_us,
             ended_at: None,
             status: "live".into(),
             end_reason: None,
             bytes_in: 0,
             bytes_out: 0,
-            recording: new.recording.clone(),
+            recording: entry.recording.clone(),
             recording_sha256: None,
             exit_status: None,
             details: crate::audit::chain::canonical_json(&new.details),
@@ -227,25 +317,29 @@ impl Sessions {
             terminate_by: None,
             terminate_reason: None,
         };
-        store::sessions::insert(&self.inner.db, &record)
-            .await
-            .map_err(|e| AuditError::Unavailable(e.to_string()))?;
-        let event = AuditEvent::new(EventKind::SessionStart, Outcome::Success)
-            .actor(&new.principal.identity.email)
-            .source_ip(new.source_ip)
-            .target(&new.target)
+        if let Err(e) = store::sessions::insert(&self.inner.db, &record).await {
+            self.discard(recorder, relative.as_deref()).await;
+            return Err(AuditError::Unavailable(e.to_string()).into());
+        }
+        let start = AuditEvent::new(EventKind::SessionStart, Outcome::Success)
+            .actor(entry.grant.principal.email())
+            .source_ip(entry.source_ip())
+            .target(entry.target())
             .session(&id)
             .details(json!({
-                "kind": new.kind,
-                "broker_session": new.principal.session_id,
+                "kind": new.kind.as_str(),
+                "broker_session": entry.grant.principal.session_id,
                 "login": new.login,
                 "client": new.client,
-                "reason": new.context.reason,
-                "recording": new.recording,
+                "reason": entry.grant.context.reason,
+                "recording": entry.recording,
                 "node": self.inner.node,
                 "details": new.details,
             }));
-        if let Err(e) = self.inner.audit.gate(event).await {
+        // Queued behind the decision, so usually one commit covers both.
+        let start = self.inner.audit.enqueue(start).await;
+        let decided = decision.confirm().await;
+        if let Err(e) = start.confirm().await {
             let _ = store::sessions::finish(
                 &self.inner.db,
                 &id,
@@ -256,33 +350,81 @@ impl Sessions {
                 },
             )
             .await;
-            return Err(e);
+            self.discard(recorder, relative.as_deref()).await;
+            return Err(e.into());
         }
-        let (tx, rx) = mpsc::channel(8);
-        let entry = Arc::new(Entry {
-            id: id.clone(),
-            started_us: now,
-            last_input_us: AtomicI64::new(now),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            cancel: CancellationToken::new(),
-            reason: Mutex::new(None),
-            notices: tx,
-            warned_idle: false.into(),
-            warned_max: false.into(),
-            new,
-        });
-        if let Ok(mut live) = self.inner.live.lock() {
-            live.insert(id, entry.clone());
+        let live = Live::new(entry, self.clone(), notices, recorder);
+        if let Err(e) = decided {
+            // The start is on record: so is its end.
+            live.abort(EndReason::Error(format!(
+                "the policy decision could not be recorded: {e}"
+            )))
+            .await;
+            return Err(e.into());
         }
-        let gauge = self.inner.metrics.session(entry.new.kind);
-        Ok(Live {
-            entry,
-            sessions: self.clone(),
-            notices: rx,
-            _gauge: gauge,
-            finished: false,
+        lock(&self.inner.live).insert(id, live.entry().clone());
+        Ok(live)
+    }
+
+    /// The recording header for `recording`, if anything is recorded.
+    fn header(
+        &self,
+        id: &str,
+        started_us: i64,
+        grant: &Grant,
+        recording: &Recording,
+    ) -> Option<recording::Header> {
+        let clamp = |n: u32| n.min(u32::from(u16::MAX)) as u16;
+        let (title, width, height, term) = match recording {
+            Recording::Off => return None,
+            Recording::Terminal { .. } if !self.inner.record_terminals => return None,
+            Recording::Terminal {
+                title,
+                cols,
+                rows,
+                term,
+            } => (title.clone(), clamp(*cols), clamp(*rows), term.clone()),
+            Recording::QueryLog { title } => (title.clone(), 120, 40, None),
+        };
+        Some(recording::Header {
+            width,
+            height,
+            timestamp: started_us / 1_000_000,
+            title,
+            term,
+            session_id: id.to_owned(),
+            user: grant.principal.email().to_owned(),
+            target: grant.resource.name().to_owned(),
         })
+    }
+
+    /// Closes and removes the recording of a session that never opened.
+    async fn discard(
+        &self,
+        recorder: Option<(Recorder, recording::Writer)>,
+        relative: Option<&std::path::Path>,
+    ) {
+        if let Some((recorder, writer)) = recorder {
+            drop(recorder);
+            let _ = writer.finish().await;
+        }
+        if let Some(relative) = relative {
+            let _ = tokio::fs::remove_file(self.inner.recordings.join(relative)).await;
+        }
+    }
+
+    async fn broker_session_alive(&self, broker_session: &str) -> Result<(), OpenError> {
+        match store::sessions::dead_broker_sessions(
+            &self.inner.db,
+            &[broker_session.to_owned()],
+            now_us(),
+        )
+        .await
+        {
+            Ok(dead) if dead.is_empty() => Ok(()),
+            Ok(_) => Err(OpenError::BrokerSessionEnded),
+            Err(e) => Err(AuditError::Unavailable(e.to_string()).into()),
+        }
     }
 
     /// Asks a session to end, wherever it runs. Audited; false when no live
@@ -314,17 +456,17 @@ impl Sessions {
     /// Ends every live session opened with this broker session.
     pub fn end_broker_session(&self, broker_session: &str) {
         for entry in self.entries() {
-            if entry.new.principal.session_id == broker_session {
-                end(&entry, EndReason::Revoked);
+            if entry.grant.principal.session_id == broker_session {
+                entry.end(EndReason::Revoked);
             }
         }
     }
 
     fn end_local(&self, id: &str, reason: EndReason) -> bool {
-        let entry = self.inner.live.lock().ok().and_then(|l| l.get(id).cloned());
+        let entry = lock(&self.inner.live).get(id).cloned();
         match entry {
             Some(entry) => {
-                end(&entry, reason);
+                entry.end(reason);
                 true
             }
             None => false,
@@ -332,35 +474,34 @@ impl Sessions {
     }
 
     fn entries(&self) -> Vec<Arc<Entry>> {
-        self.inner
-            .live
-            .lock()
-            .map(|l| l.values().cloned().collect())
-            .unwrap_or_default()
+        lock(&self.inner.live).values().cloned().collect()
+    }
+
+    fn deregister(&self, id: &str) {
+        lock(&self.inner.live).remove(id);
     }
 
     pub async fn list(
         &self,
         filter: &crate::domain::session::SessionFilter,
-    ) -> Result<Vec<crate::domain::session::SessionRecord>, store::Error> {
+    ) -> Result<Vec<SessionRecord>, store::Error> {
         store::sessions::list(&self.inner.db, filter).await
     }
 
-    pub async fn get(
-        &self,
-        id: &str,
-    ) -> Result<Option<crate::domain::session::SessionRecord>, store::Error> {
+    pub async fn get(&self, id: &str) -> Result<Option<SessionRecord>, store::Error> {
         store::sessions::get(&self.inner.db, id).await
     }
 
     /// Number of live sessions in this broker.
     pub fn live_count(&self) -> usize {
-        self.inner.live.lock().map(|l| l.len()).unwrap_or(0)
+        lock(&self.inner.live).len()
     }
 
     /// Background work: limits every second; termination requests and
     /// revocations from other brokers every second; re-checks on policy
-    /// changes; ends everything on shutdown.
+    /// changes; session ends the store could not take, again. On shutdown it
+    /// ends every session and waits (within the broker's grace period) until
+    /// their ends are recorded.
     pub async fn run(
         self,
         mut revocations: tokio::sync::broadcast::Receiver<String>,
@@ -382,12 +523,7 @@ impl Sessions {
         let mut tick: u64 = 0;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    for entry in self.entries() {
-                        end(&entry, EndReason::Shutdown);
-                    }
-                    return;
-                }
+                _ = shutdown.cancelled() => break,
                 revoked = revocations.recv() => {
                     if let Ok(jti) = revoked {
                         self.end_broker_session(&jti);
@@ -401,46 +537,41 @@ impl Sessions {
                 }
                 _ = ticker.tick() => {
                     tick += 1;
-                    self.enforce_limits().await;
+                    self.enforce_limits();
                     self.poll_fleet().await;
+                    self.retry_unrecorded().await;
                     if tick.is_multiple_of(5) {
                         self.save_counters().await;
                     }
                 }
             }
         }
+        let mut settle = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            for entry in self.entries() {
+                entry.end(EndReason::Shutdown);
+            }
+            self.retry_unrecorded().await;
+            if self.live_count() == 0 && lock(&self.inner.unrecorded).is_empty() {
+                return;
+            }
+            settle.tick().await;
+        }
     }
 
-    async fn enforce_limits(&self) {
-        let now = now_us();
-        let idle = self.inner.idle_timeout.as_micros() as i64;
-        let max = self.inner.max_duration.as_micros() as i64;
-        let warn = self.inner.warn_before.as_micros() as i64;
+    fn enforce_limits(&self) {
+        let now = tokio::time::Instant::now();
         for entry in self.entries() {
             if entry.cancel.is_cancelled() {
                 continue;
             }
-            let since_input = now - entry.last_input_us.load(Ordering::Relaxed);
-            let age = now - entry.started_us;
-            if since_input >= idle {
-                end(&entry, EndReason::Idle(self.inner.idle_timeout));
+            let verdict = self.inner.limits.check(&entry.activity, now);
+            if let Some(reason) = verdict.end {
+                entry.end(reason);
                 continue;
             }
-            if age >= max {
-                end(&entry, EndReason::MaxDuration(self.inner.max_duration));
-                continue;
-            }
-            if since_input >= idle - warn && !entry.warned_idle.swap(true, Ordering::Relaxed) {
-                let left = (idle - since_input).max(0) / 1_000_000;
-                let _ = entry.notices.try_send(Notice::Warning(format!(
-                    "pam: this session ends in {left}s without input (idle timeout)"
-                )));
-            }
-            if age >= max - warn && !entry.warned_max.swap(true, Ordering::Relaxed) {
-                let left = (max - age).max(0) / 1_000_000;
-                let _ = entry.notices.try_send(Notice::Warning(format!(
-                    "pam: this session reaches its maximum duration in {left}s"
-                )));
+            for warning in verdict.warnings {
+                let _ = entry.notices.try_send(Notice::Warning(warning));
             }
         }
     }
@@ -461,7 +592,7 @@ impl Sessions {
         }
         let mut jtis: Vec<String> = entries
             .iter()
-            .map(|e| e.new.principal.session_id.clone())
+            .map(|e| e.grant.principal.session_id.clone())
             .collect();
         jtis.sort();
         jtis.dedup();
@@ -487,191 +618,113 @@ impl Sessions {
         }
     }
 
-    /// Policy changed: every live session is decided again.
+    /// Policy changed: every live session's grant is decided again.
     async fn recheck_all(&self) {
         for entry in self.entries() {
             if entry.cancel.is_cancelled() {
                 continue;
             }
-            let new = &entry.new;
+            let grant = &entry.grant;
             let decision = self
                 .inner
                 .gate
                 .recheck(
-                    &new.principal.identity,
-                    Some(&new.principal.session_id),
-                    new.action,
-                    &new.resource,
-                    &new.context,
+                    &grant.principal.identity,
+                    Some(&grant.principal.session_id),
+                    grant.action,
+                    &grant.resource,
+                    &grant.context,
                 )
                 .await;
             if let Err(denied) = decision {
-                end(&entry, EndReason::PolicyDenied(denied.to_string()));
+                entry.end(EndReason::PolicyDenied(denied.to_string()));
             }
         }
     }
+
+    /// Writes a session's end (row and `session.end`); what the store cannot
+    /// take now is kept and written once it can.
+    async fn record_end(&self, mut end: PendingEnd) {
+        if self.try_record_end(&mut end).await {
+            return;
+        }
+        tracing::warn!(
+            session = %end.id,
+            "the session end could not be recorded yet; it is retried until the store takes it"
+        );
+        lock(&self.inner.unrecorded).push(end);
+    }
+
+    /// True once both parts are written (or can never be).
+    async fn try_record_end(&self, end: &mut PendingEnd) -> bool {
+        if let Some(row) = &end.row {
+            match store::sessions::finish(&self.inner.db, &end.id, row).await {
+                Ok(()) => end.row = None,
+                Err(e) => {
+                    tracing::debug!(error = %e, session = %end.id, "recording the session end in the store failed");
+                }
+            }
+        }
+        if let Some(event) = &end.event {
+            match self.inner.audit.record(event.clone()).await {
+                Ok(_) => end.event = None,
+                Err(AuditError::ShuttingDown) => {
+                    tracing::error!(session = %end.id, "session.end lost: the audit writer has stopped");
+                    end.event = None;
+                }
+                Err(AuditError::Unavailable(e)) => {
+                    tracing::debug!(error = %e, session = %end.id, "session.end not recorded yet");
+                }
+            }
+        }
+        end.row.is_none() && end.event.is_none()
+    }
+
+    /// Session ends held back while the store was unavailable, oldest first;
+    /// stops at the first that still fails.
+    async fn retry_unrecorded(&self) {
+        let mut held = std::mem::take(&mut *lock(&self.inner.unrecorded));
+        if held.is_empty() {
+            return;
+        }
+        let mut done = 0;
+        for end in held.iter_mut() {
+            if !self.try_record_end(end).await {
+                break;
+            }
+            done += 1;
+        }
+        if done > 0 {
+            tracing::info!(sessions = done, "held session ends recorded");
+        }
+        held.drain(..done);
+        let mut unrecorded = lock(&self.inner.unrecorded);
+        held.append(&mut unrecorded);
+        *unrecorded = held;
+    }
 }
 
-fn end(entry: &Entry, reason: EndReason) {
-    if let Ok(mut slot) = entry.reason.lock()
-        && slot.is_none()
-    {
-        *slot = Some(reason);
-    }
-    entry.cancel.cancel();
-}
-
-impl Live {
-    pub fn id(&self) -> &str {
-        &self.entry.id
+impl Entry {
+    fn target(&self) -> &str {
+        self.grant.resource.name()
     }
 
-    pub fn principal(&self) -> &Principal {
-        &self.entry.new.principal
+    fn source_ip(&self) -> Option<std::net::IpAddr> {
+        self.grant.context.source_ip
     }
 
-    pub fn started_us(&self) -> i64 {
-        self.entry.started_us
-    }
-
-    /// The user typed something (keep-alives do not count).
-    pub fn touch(&self) {
-        self.entry.last_input_us.store(now_us(), Ordering::Relaxed);
-        self.entry.warned_idle.store(false, Ordering::Relaxed);
-    }
-
-    /// A handle on this session's counters for relay tasks.
-    pub fn counters(&self) -> Counters {
-        Counters {
-            entry: self.entry.clone(),
-        }
-    }
-
-    /// Bytes from the user to the target.
-    pub fn add_in(&self, n: usize) {
-        self.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// Bytes from the target to the user.
-    pub fn add_out(&self, n: usize) {
-        self.entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves when the broker ends the session (limits, termination,
-    /// revocation, policy, shutdown); the reason is in [`Live::end_reason`].
-    pub async fn ended(&self) {
-        self.entry.cancel.cancelled().await
-    }
-
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.entry.cancel.clone()
-    }
-
-    pub fn end_reason(&self) -> Option<EndReason> {
-        self.entry.reason.lock().ok().and_then(|r| r.clone())
-    }
-
-    /// Ends the session from the room's side (the user or target closed).
-    pub fn end(&self, reason: EndReason) {
-        end(&self.entry, reason);
-    }
-
-    /// The next notice for the user (pending forever when there is none).
-    pub async fn notice(&mut self) -> Notice {
-        match self.notices.recv().await {
-            Some(notice) => notice,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Records the end (`session.end` with bytes, exit status, recording
-    /// hash) and deregisters the session.
-    pub async fn finish(mut self, finish: Finish) {
-        self.finished = true;
-        let reason = self.end_reason().unwrap_or(EndReason::Closed);
-        let inner = &self.sessions.inner;
-        if let Ok(mut live) = inner.live.lock() {
-            live.remove(&self.entry.id);
-        }
-        let now = now_us();
-        let bytes_in = self.entry.bytes_in.load(Ordering::Relaxed) as i64;
-        let bytes_out = self.entry.bytes_out.load(Ordering::Relaxed) as i64;
-        if let Err(e) = store::sessions::finish(
-            &inner.db,
-            &self.entry.id,
-            &store::sessions::SessionEnd {
-                ended_at: now,
-                end_reason: reason.code().to_owned(),
-                bytes_in,
-                bytes_out,
-                recording_sha256: finish.recording_sha256.clone(),
-                exit_status: finish.exit_status,
-            },
-        )
-        .await
+    /// Ends the session with `reason`, unless it already has one.
+    fn end(&self, reason: EndReason) {
         {
-            tracing::error!(error = %e, session = %self.entry.id, "recording the session end in the store failed");
-        }
-        let new = &self.entry.new;
-        let outcome = match reason {
-            EndReason::Closed | EndReason::UpstreamClosed => Outcome::Success,
-            EndReason::Error(_) => Outcome::Failure,
-            _ => Outcome::Denied,
-        };
-        inner
-            .audit
-            .note(
-                AuditEvent::new(EventKind::SessionEnd, outcome)
-                    .actor(&new.principal.identity.email)
-                    .source_ip(new.source_ip)
-                    .target(&new.target)
-                    .session(&self.entry.id)
-                    .details(json!({
-                        "kind": new.kind,
-                        "end_reason": reason.code(),
-                        "message": reason.message(),
-                        "duration_ms": (now - self.entry.started_us) / 1000,
-                        "started": format_us(self.entry.started_us),
-                        "bytes_in": bytes_in,
-                        "bytes_out": bytes_out,
-                        "exit_status": finish.exit_status,
-                        "recording": new.recording,
-                        "recording_sha256": finish.recording_sha256,
-                        "details": finish.details,
-                    })),
-            )
-            .await;
-    }
-}
-
-/// Byte counters and input activity of a live session, for relay tasks.
-#[derive(Clone)]
-pub struct Counters {
-    entry: Arc<Entry>,
-}
-
-impl Counters {
-    /// `n` bytes of user input (counts as activity).
-    pub fn input(&self, n: usize) {
-        self.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        self.entry.last_input_us.store(now_us(), Ordering::Relaxed);
-        self.entry.warned_idle.store(false, Ordering::Relaxed);
-    }
-
-    /// `n` bytes of output (not activity).
-    pub fn output(&self, n: usize) {
-        self.entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        if !self.finished {
-            // A room forgot to finish (a panic): keep the registry clean.
-            if let Ok(mut live) = self.sessions.inner.live.lock() {
-                live.remove(&self.entry.id);
+            let mut slot = lock(&self.reason);
+            if slot.is_none() {
+                *slot = Some(reason);
             }
-            tracing::error!(session = %self.entry.id, "live session dropped without finish");
         }
+        self.cancel.cancel();
+    }
+
+    fn end_reason(&self) -> Option<EndReason> {
+        lock(&self.reason).clone()
     }
 }

@@ -15,10 +15,10 @@ use super::Shared;
 use super::handler::Authed;
 use super::sftp;
 use super::upstream::{self, Upstream};
-use crate::audit::recording::{self, Recorder};
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
-use crate::sessions::{EndReason, Finish, Live, NewSession, Notice};
+use crate::domain::session::SessionKind;
+use crate::sessions::{EndReason, Finish, Live, NewSession, Notice, Recording};
 
 /// The upstream connection shared by the channels of one SSH connection.
 pub(crate) type UpstreamCell = Arc<OnceCell<Result<Arc<Upstream>, upstream::Error>>>;
@@ -145,59 +145,45 @@ pub(crate) async fn run(
     let fail = |message: String| refuse(&down_tx, &handle, id, pty_pending, message);
 
     // 1. Policy decides before the broker touches the target. Its record is
-    // queued; connecting to the target and opening the session overlap with
-    // writing it, and nothing reaches the target before both are durable.
-    let resource = Resource::Target(authed.target.to_ref());
+    // queued; connecting to the target overlaps with writing it and the
+    // session's records, and nothing reaches the target before all are
+    // durable (`Sessions::open`).
+    let principal = &authed.principal;
     let context = RequestContext {
         source_ip: Some(authed.peer.ip()),
-        reason: reason.clone(),
+        reason,
         login: Some(authed.login.clone()),
         ..RequestContext::default()
     };
-    let principal = &authed.principal;
-    let (decision, decision_recorded) = shared
+    let permit = match shared
         .deps
         .gate
-        .check_deferred(
-            &principal.identity,
-            Some(&principal.session_id),
+        .permit(
+            principal,
             Action::Ssh,
-            &resource,
-            &context,
+            Resource::Target(authed.target.to_ref()),
+            context,
         )
-        .await;
-    if let Err(denied) = decision {
-        let _ = decision_recorded.confirm().await;
-        fail(format!("access to {} denied: {denied}", authed.target.name)).await;
-        return;
-    }
+        .await
+    {
+        Ok(permit) => permit,
+        Err(denied) => {
+            fail(format!("access to {} denied: {denied}", authed.target.name)).await;
+            return;
+        }
+    };
 
     // 2. The target (one connection per client connection, shared by its
-    // channels) and the session record, at the same time.
-    let session_id = uuid::Uuid::now_v7().to_string();
-    let started = crate::domain::audit::now_us();
-    let recorded = shared.deps.record && !matches!(kind, Kind::Subsystem(_));
-    let recording_path = recorded.then(|| recording::relative_path(&session_id, started));
+    // channels: transport and authentication) and the session, at once.
     let command = match &kind {
         Kind::Exec(command) => Some(command.clone()),
         Kind::Subsystem(name) => Some(name.clone()),
         Kind::Shell => None,
     };
     let new = NewSession {
-        kind: if authed.target.kind_name() == "ecs" {
-            "ecs"
-        } else {
-            "ssh"
-        },
-        principal: principal.clone(),
-        target: authed.target.name.clone(),
+        kind: SessionKind::Ssh,
         login: Some(authed.login.clone()),
-        source_ip: Some(authed.peer.ip()),
         client: authed.client.clone(),
-        action: Action::Ssh,
-        resource,
-        context,
-        recording: recording_path.as_ref().map(|p| p.display().to_string()),
         details: json!({
             "channel": kind.name(),
             "command": command,
@@ -206,76 +192,42 @@ pub(crate) async fn run(
             "login": authed.login,
         }),
     };
+    let recording = match &kind {
+        // SFTP is audited operation by operation, its data not recorded.
+        Kind::Subsystem(_) => Recording::Off,
+        _ => terminal(&authed, pty.as_ref()),
+    };
     let (connected, opened) = tokio::join!(
         upstream.get_or_init(|| async {
             super::handler::connect_upstream(&shared, &authed)
                 .await
                 .map(Arc::new)
         }),
-        shared.deps.sessions.open_with_id(session_id.clone(), new),
+        shared.deps.sessions.open(permit, new, recording),
     );
     let mut live = match opened {
         Ok(live) => live,
         Err(e) => {
-            fail(format!("refused: {e}")).await;
-            return;
-        }
-    };
-    if let Err(e) = decision_recorded.confirm().await {
-        live.end(EndReason::Error(format!(
-            "the policy decision could not be recorded: {e}"
-        )));
-        live.finish(Finish::default()).await;
-        fail(format!("refused: {e}")).await;
-        return;
-    }
-    let upstream = match connected {
-        Ok(upstream) => upstream.clone(),
-        Err(e) => {
-            live.end(EndReason::Error(e.to_string()));
-            live.finish(Finish::default()).await;
             fail(e.to_string()).await;
             return;
         }
     };
-
-    let recorder = match &recording_path {
-        Some(path) => {
-            match start_recording(&shared, &authed, &session_id, started, path, pty.as_ref()).await
-            {
-                Ok(pair) => Some(pair),
-                Err(e) => {
-                    live.end(EndReason::Error(format!("cannot record the session: {e}")));
-                    fail("refused: the session cannot be recorded".into()).await;
-                    live.finish(Finish::default()).await;
-                    return;
-                }
-            }
+    let upstream = match connected {
+        Ok(upstream) => upstream.clone(),
+        Err(e) => {
+            fail(e.to_string()).await;
+            live.abort(EndReason::Error(e.to_string())).await;
+            return;
         }
-        None => None,
-    };
-    let (recorder, writer) = match recorder {
-        Some((r, w)) => (Some(r), Some(w)),
-        None => (None, None),
     };
 
-    // 4. The target's channel.
+    // 3. The target's channel: the first thing that reaches the target.
     let opened = open_target_channel(&upstream, &env, pty.as_ref(), &kind).await;
     let (up_rx, up_tx, pty_ok) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            live.end(EndReason::Error(e.clone()));
-            fail(e).await;
-            drop(recorder);
-            let hash = match writer {
-                Some(w) => w.finish().await.ok().map(|f| f.sha256),
-                None => None,
-            };
-            live.finish(Finish {
-                recording_sha256: hash,
-                ..Finish::default()
-            })
-            .await;
+            fail(e.clone()).await;
+            live.abort(EndReason::Error(e)).await;
             return;
         }
     };
@@ -288,19 +240,18 @@ pub(crate) async fn run(
     }
     let _ = handle.channel_success(id).await;
 
-    // 5. What the channel does, in the audit trail and the recording.
+    // 4. What the channel does, in the audit trail and the recording.
     audit_start(&shared, &authed, &live, &kind).await;
-    if let (Some(recorder), Kind::Exec(command)) = (&recorder, &kind) {
-        recorder.input(Bytes::from(format!("{command}\n"))).await;
+    if let (Some(recorder), Kind::Exec(command)) = (live.recorder(), &kind) {
+        let _ = recorder.input(Bytes::from(format!("{command}\n"))).await;
     }
 
-    // 6. Relay.
+    // 5. Relay.
     let exit_status = relay(
         &shared,
         &authed,
         &mut live,
         &kind,
-        recorder,
         down_rx,
         Arc::new(down_tx),
         up_rx,
@@ -309,23 +260,21 @@ pub(crate) async fn run(
         id,
     )
     .await;
-
-    let recording = match writer {
-        Some(writer) => match writer.finish().await {
-            Ok(finished) => Some(finished.sha256),
-            Err(e) => {
-                tracing::error!(error = %e, "finishing the recording failed");
-                None
-            }
-        },
-        None => None,
-    };
     live.finish(Finish {
         exit_status: exit_status.map(i64::from),
-        recording_sha256: recording,
         details: json!({"channel": kind.name(), "target_host_key": upstream.host_key}),
     })
     .await;
+}
+
+/// The terminal recording of a channel, sized like the client's PTY.
+pub(crate) fn terminal(authed: &Authed, pty: Option<&Pty>) -> Recording {
+    Recording::Terminal {
+        title: format!("{} on {}", authed.principal.email(), authed.target.name),
+        cols: pty.map(|p| p.cols).unwrap_or(80),
+        rows: pty.map(|p| p.rows).unwrap_or(24),
+        term: pty.map(|p| p.term.clone()),
+    }
 }
 
 /// A refusal is told on stderr with exit status 255, after accepting the
@@ -348,28 +297,6 @@ pub(crate) async fn refuse(
     let _ = down_tx.exit_status(255).await;
     let _ = down_tx.eof().await;
     let _ = down_tx.close().await;
-}
-
-/// Creates the recording of a session (asciicast header from the PTY).
-pub(crate) async fn start_recording(
-    shared: &Shared,
-    authed: &Authed,
-    session_id: &str,
-    started: i64,
-    path: &std::path::Path,
-    pty: Option<&Pty>,
-) -> std::io::Result<(Recorder, recording::Writer)> {
-    let header = recording::Header {
-        width: pty.map(|p| p.cols).unwrap_or(80).min(u32::from(u16::MAX)) as u16,
-        height: pty.map(|p| p.rows).unwrap_or(24).min(u32::from(u16::MAX)) as u16,
-        timestamp: started / 1_000_000,
-        title: format!("{} on {}", authed.principal.email(), authed.target.name),
-        term: pty.map(|p| p.term.clone()),
-        session_id: session_id.to_owned(),
-        user: authed.principal.email().to_owned(),
-        target: authed.target.name.clone(),
-    };
-    Recorder::create(&shared.deps.recordings_dir, path, &header).await
 }
 
 type UpRead = russh::ChannelReadHalf;
@@ -518,7 +445,6 @@ async fn relay(
     authed: &Arc<Authed>,
     live: &mut Live,
     kind: &Kind,
-    recorder: Option<Recorder>,
     mut down_rx: russh::ChannelReadHalf,
     down_tx: Arc<ChannelWriteHalf<Msg>>,
     mut up_rx: UpRead,
@@ -529,6 +455,7 @@ async fn relay(
     let record_keys = shared.deps.record_input && matches!(kind, Kind::Shell);
     let is_sftp = matches!(kind, Kind::Subsystem(_));
     let cancel = live.cancel_token();
+    let recorder = live.recorder().cloned();
 
     // Client → target.
     let inbound = {
@@ -555,8 +482,12 @@ async fn relay(
                                 audit_op(&shared, &authed, &live_id, details).await;
                             }
                         }
-                        if record_keys && let Some(r) = &recorder {
-                            r.input(data.clone()).await;
+                        // Unrecorded input goes nowhere (fail closed).
+                        if record_keys
+                            && let Some(r) = &recorder
+                            && r.input(data.clone()).await.is_err()
+                        {
+                            break;
                         }
                         if up_tx.data_bytes(data).await.is_err() {
                             break;
@@ -572,11 +503,12 @@ async fn relay(
                             .window_change(col_width, row_height, pix_width, pix_height)
                             .await;
                         if let Some(r) = &recorder {
-                            r.resize(
-                                col_width.min(u32::from(u16::MAX)) as u16,
-                                row_height.min(u32::from(u16::MAX)) as u16,
-                            )
-                            .await;
+                            let _ = r
+                                .resize(
+                                    col_width.min(u32::from(u16::MAX)) as u16,
+                                    row_height.min(u32::from(u16::MAX)) as u16,
+                                )
+                                .await;
                         }
                     }
                     Some(ChannelMsg::Signal { signal }) => {
@@ -609,8 +541,11 @@ async fn relay(
                 match message {
                     Some(ChannelMsg::Data { data }) => {
                         touch.output(data.len());
-                        if let Some(r) = &recorder {
-                            r.output(data.clone()).await;
+                        // Unrecorded output goes nowhere (fail closed).
+                        if let Some(r) = &recorder
+                            && r.output(data.clone()).await.is_err()
+                        {
+                            break;
                         }
                         if down_tx.data_bytes(data).await.is_err() {
                             break;
@@ -618,8 +553,10 @@ async fn relay(
                     }
                     Some(ChannelMsg::ExtendedData { data, ext }) => {
                         touch.output(data.len());
-                        if let Some(r) = &recorder {
-                            r.output(data.clone()).await;
+                        if let Some(r) = &recorder
+                            && r.output(data.clone()).await.is_err()
+                        {
+                            break;
                         }
                         if down_tx.extended_data_bytes(ext, data).await.is_err() {
                             break;
@@ -677,7 +614,7 @@ async fn relay(
                 let Notice::Warning(text) = notice;
                 let _ = down_tx.extended_data_bytes(1, Bytes::from(format!("\r\n{text}\r\n"))).await;
                 if let Some(r) = &recorder {
-                    r.marker(text).await;
+                    let _ = r.marker(text).await;
                 }
             }
             _ = &mut inbound, if !inbound_done => {
@@ -690,17 +627,14 @@ async fn relay(
         }
     }
     let reason = live.end_reason();
-    let broker_ended = !matches!(
-        reason,
-        Some(EndReason::Closed) | Some(EndReason::UpstreamClosed) | None
-    );
+    let broker_ended = reason.as_ref().is_some_and(|r| !r.is_normal());
     if broker_ended && let Some(reason) = &reason {
         let message = reason.message();
         let _ = down_tx
             .extended_data_bytes(1, Bytes::from(format!("\r\npam: {message}\r\n")))
             .await;
         if let Some(r) = &recorder {
-            r.marker(message).await;
+            let _ = r.marker(message).await;
         }
         let _ = down_tx.exit_status(exit_status.unwrap_or(255)).await;
     }

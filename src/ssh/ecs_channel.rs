@@ -12,12 +12,12 @@ use russh::{ChannelMsg, ChannelWriteHalf};
 use serde_json::json;
 
 use super::Shared;
-use super::channel::{Kind, Pty, refuse, start_recording};
+use super::channel::{Kind, Pty, refuse, terminal};
 use super::handler::Authed;
-use crate::audit::recording;
 use crate::config::TargetKind;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
+use crate::domain::session::SessionKind;
 use crate::sessions::{EndReason, Finish, NewSession, Notice};
 use crate::ssm::Event;
 
@@ -60,49 +60,37 @@ pub(crate) async fn run(
         }
     };
 
-    // Policy first; its record is written while the session opens.
-    let resource = Resource::Target(authed.target.to_ref());
+    // Policy first. Choosing the task (reads of the ECS control plane)
+    // overlaps with writing the decision and the session's records; the
+    // command runs (ExecuteCommand) only once they are durable.
+    let principal = &authed.principal;
     let context = RequestContext {
         source_ip: Some(authed.peer.ip()),
-        reason: reason.clone(),
+        reason,
         ..RequestContext::default()
     };
-    let principal = &authed.principal;
-    let (decision, decision_recorded) = shared
+    let permit = match shared
         .deps
         .gate
-        .check_deferred(
-            &principal.identity,
-            Some(&principal.session_id),
+        .permit(
+            principal,
             Action::EcsExec,
-            &resource,
-            &context,
+            Resource::Target(authed.target.to_ref()),
+            context,
         )
-        .await;
-    if let Err(denied) = decision {
-        let _ = decision_recorded.confirm().await;
-        fail(format!("access to {} denied: {denied}", authed.target.name)).await;
-        return;
-    }
-
-    let session_id = uuid::Uuid::now_v7().to_string();
-    let started = crate::domain::audit::now_us();
-    let recording_path = shared
-        .deps
-        .record
-        .then(|| recording::relative_path(&session_id, started));
+        .await
+    {
+        Ok(permit) => permit,
+        Err(denied) => {
+            fail(format!("access to {} denied: {denied}", authed.target.name)).await;
+            return;
+        }
+    };
     let size = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
     let new = NewSession {
-        kind: "ecs",
-        principal: principal.clone(),
-        target: authed.target.name.clone(),
+        kind: SessionKind::Ecs,
         login: None,
-        source_ip: Some(authed.peer.ip()),
         client: authed.client.clone(),
-        action: Action::EcsExec,
-        resource,
-        context,
-        recording: recording_path.as_ref().map(|p| p.display().to_string()),
         details: json!({
             "channel": kind.name(),
             "command": command,
@@ -112,58 +100,36 @@ pub(crate) async fn run(
             "pty": pty.as_ref().map(|p| format!("{}x{}", p.cols, p.rows)),
         }),
     };
-    let (opened, live) = tokio::join!(
-        crate::ecs::open(target, &shared.deps.aws, command.as_deref(), size),
-        shared.deps.sessions.open_with_id(session_id.clone(), new),
+    let (selected, opened) = tokio::join!(
+        crate::ecs::select(target, &shared.deps.aws),
+        shared
+            .deps
+            .sessions
+            .open(permit, new, terminal(&authed, pty.as_ref())),
     );
-    let mut live = match live {
+    let mut live = match opened {
         Ok(live) => live,
         Err(e) => {
-            fail(format!("refused: {e}")).await;
-            return;
-        }
-    };
-    let mut shell = match (decision_recorded.confirm().await, opened) {
-        (Ok(()), Ok(shell)) => shell,
-        (Err(e), opened) => {
-            if let Ok(shell) = opened {
-                let _ = shell.close().await;
-            }
-            live.end(EndReason::Error(format!(
-                "the policy decision could not be recorded: {e}"
-            )));
-            live.finish(Finish::default()).await;
-            fail(format!("refused: {e}")).await;
-            return;
-        }
-        (Ok(()), Err(e)) => {
-            live.end(EndReason::Error(e.to_string()));
-            live.finish(Finish::default()).await;
             fail(e.to_string()).await;
             return;
         }
     };
-    let meta = serde_json::to_value(shell.meta()).unwrap_or_default();
-    let recorder = match &recording_path {
-        Some(path) => {
-            match start_recording(&shared, &authed, &session_id, started, path, pty.as_ref()).await
-            {
-                Ok(pair) => Some(pair),
-                Err(e) => {
-                    let _ = shell.close().await;
-                    live.end(EndReason::Error(format!("cannot record the session: {e}")));
-                    live.finish(Finish::default()).await;
-                    fail("refused: the session cannot be recorded".into()).await;
-                    return;
-                }
-            }
+    let executed = match selected {
+        Ok(selected) => {
+            crate::ecs::execute(selected, target, &shared.deps.aws, command.as_deref(), size).await
         }
-        None => None,
+        Err(e) => Err(e),
     };
-    let (recorder, writer) = match recorder {
-        Some((r, w)) => (Some(r), Some(w)),
-        None => (None, None),
+    let mut shell = match executed {
+        Ok(shell) => shell,
+        Err(e) => {
+            fail(e.to_string()).await;
+            live.abort(EndReason::Error(e.to_string())).await;
+            return;
+        }
     };
+    let meta = serde_json::to_value(shell.meta()).unwrap_or_default();
+    let recorder = live.recorder().cloned();
     if pty_pending {
         let _ = handle.channel_success(id).await;
     }
@@ -189,7 +155,7 @@ pub(crate) async fn run(
             )
             .await;
         if let Some(r) = &recorder {
-            r.input(Bytes::from(format!("{command}\n"))).await;
+            let _ = r.input(Bytes::from(format!("{command}\n"))).await;
         }
     }
 
@@ -211,8 +177,12 @@ pub(crate) async fn run(
                 match message {
                     Some(ChannelMsg::Data { data }) => {
                         counters.input(data.len());
-                        if record_keys && let Some(r) = &recorder {
-                            r.input(data.clone()).await;
+                        // Unrecorded input goes nowhere (fail closed).
+                        if record_keys
+                            && let Some(r) = &recorder
+                            && r.input(data.clone()).await.is_err()
+                        {
+                            break;
                         }
                         if input.send_input(&data).await.is_err() {
                             break;
@@ -225,11 +195,12 @@ pub(crate) async fn run(
                     }) => {
                         let _ = input.resize(col_width, row_height).await;
                         if let Some(r) = &recorder {
-                            r.resize(
-                                col_width.min(u32::from(u16::MAX)) as u16,
-                                row_height.min(u32::from(u16::MAX)) as u16,
-                            )
-                            .await;
+                            let _ = r
+                                .resize(
+                                    col_width.min(u32::from(u16::MAX)) as u16,
+                                    row_height.min(u32::from(u16::MAX)) as u16,
+                                )
+                                .await;
                         }
                     }
                     // Signals travel as the bytes a terminal would send.
@@ -257,8 +228,11 @@ pub(crate) async fn run(
             event = shell.recv() => match event {
                 Some(Event::Output(data)) => {
                     out_counters.output(data.len());
-                    if let Some(r) = &recorder {
-                        r.output(data.clone()).await;
+                    // Unrecorded output goes nowhere (fail closed).
+                    if let Some(r) = &recorder
+                        && r.output(data.clone()).await.is_err()
+                    {
+                        break;
                     }
                     if down_tx.data_bytes(data).await.is_err() {
                         live.end(EndReason::Closed);
@@ -267,8 +241,10 @@ pub(crate) async fn run(
                 }
                 Some(Event::StdErr(data)) => {
                     out_counters.output(data.len());
-                    if let Some(r) = &recorder {
-                        r.output(data.clone()).await;
+                    if let Some(r) = &recorder
+                        && r.output(data.clone()).await.is_err()
+                    {
+                        break;
                     }
                     let _ = down_tx.extended_data_bytes(1, data).await;
                 }
@@ -299,7 +275,7 @@ pub(crate) async fn run(
                 let Notice::Warning(text) = notice;
                 let _ = down_tx.extended_data_bytes(1, Bytes::from(format!("\r\n{text}\r\n"))).await;
                 if let Some(r) = &recorder {
-                    r.marker(text).await;
+                    let _ = r.marker(text).await;
                 }
             }
             _ = &mut inbound => {
@@ -311,17 +287,14 @@ pub(crate) async fn run(
         }
     }
     let reason = live.end_reason();
-    let broker_ended = !matches!(
-        reason,
-        Some(EndReason::Closed) | Some(EndReason::UpstreamClosed) | None
-    );
+    let broker_ended = reason.as_ref().is_some_and(|r| !r.is_normal());
     if broker_ended && let Some(reason) = &reason {
         let message = reason.message();
         let _ = down_tx
             .extended_data_bytes(1, Bytes::from(format!("\r\npam: {message}\r\n")))
             .await;
         if let Some(r) = &recorder {
-            r.marker(message).await;
+            let _ = r.marker(message).await;
         }
     }
     inbound.abort();
@@ -331,13 +304,8 @@ pub(crate) async fn run(
     let _ = down_tx.eof().await;
     let _ = down_tx.close().await;
     drop(recorder);
-    let recording_sha256 = match writer {
-        Some(writer) => writer.finish().await.ok().map(|f| f.sha256),
-        None => None,
-    };
     live.finish(Finish {
         exit_status: exit_status.map(i64::from),
-        recording_sha256,
         details: json!({"channel": kind.name(), "ecs": meta}),
     })
     .await;

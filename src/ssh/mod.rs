@@ -16,7 +16,6 @@ mod sftp;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,9 +46,6 @@ pub struct Deps {
     pub target_ca: PrivateKey,
     /// The broker's AWS access (ECS targets).
     pub aws: crate::aws::Aws,
-    pub recordings_dir: PathBuf,
-    /// Record terminal output (asciicast).
-    pub record: bool,
     /// Record keystrokes of interactive shells.
     pub record_input: bool,
     pub target_cert_ttl: Duration,
