@@ -294,7 +294,7 @@ async fn pam_exec_runs_commands_in_containers_after_pam_login() {
     let home = tempfile::tempdir().unwrap();
     crate::support::cli_login(&w.app, home.path(), "carol").await;
     let pam = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+        let mut cmd = tokio::process::Command::new(crate::support::pam_bin());
         cmd.args(args)
             .env("PAM_HOME", home.path())
             .env_remove("PAM_REASON")

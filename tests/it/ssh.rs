@@ -989,7 +989,7 @@ async fn pam_ssh_and_plain_ssh_with_pam_config_ssh() {
     let home = tempfile::tempdir().unwrap();
     crate::support::cli_login(&w.app, home.path(), "carol").await;
     let pam = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+        let mut cmd = tokio::process::Command::new(crate::support::pam_bin());
         cmd.args(args)
             .env("PAM_HOME", home.path())
             .env_remove("PAM_REASON")

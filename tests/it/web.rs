@@ -552,7 +552,7 @@ async fn the_cli_reads_the_trail_through_the_broker() {
     let session = ended_session(&w.app).await;
     let home = tempfile::tempdir().unwrap();
     let pam = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+        let mut cmd = tokio::process::Command::new(crate::support::pam_bin());
         cmd.args(args)
             .env("PAM_HOME", home.path())
             .env_remove("PAM_CONFIG")

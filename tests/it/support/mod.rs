@@ -281,9 +281,56 @@ async fn connect_pg(url: &str) -> sqlx::PgConnection {
         .unwrap_or_else(|e| panic!("PAM_TEST_DATABASE_URL does not answer: {e}"))
 }
 
+/// The `pam` binary built from this checkout's sources.
+///
+/// With a `CARGO_TARGET_DIR` shared by several checkouts (worktrees),
+/// `target/debug/pam` is whichever checkout linked last. Each binary says
+/// which checkout it was built from (`PAM_TEST_PRINT_CHECKOUT`); when the
+/// uplifted one is not ours, the newest hashed binary in `deps/` that is
+/// ours is used.
+pub fn pam_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let uplifted = PathBuf::from(env!("CARGO_BIN_EXE_pam"));
+        if built_here(&uplifted) {
+            return uplifted;
+        }
+        let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = uplifted
+            .parent()
+            .map(|dir| dir.join("deps"))
+            .and_then(|deps| std::fs::read_dir(deps).ok())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                name.starts_with("pam-") && path.extension().is_none()
+            })
+            .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+            .collect();
+        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates
+            .into_iter()
+            .map(|(_, path)| path)
+            .find(|path| built_here(path))
+            .unwrap_or(uplifted)
+    })
+}
+
+fn built_here(binary: &Path) -> bool {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .env("PAM_TEST_PRINT_CHECKOUT", "1")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The `pam` binary built for these tests.
 pub fn pam_command() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pam"));
+    let mut cmd = std::process::Command::new(pam_bin());
     cmd.env_remove("PAM_CONFIG");
     cmd.env("PAM_LOG", "warn");
     cmd
@@ -443,7 +490,7 @@ pub async fn cli_login(app: &TestApp, home: &std::path::Path, user: &str) {
         "python3 {}",
         peers::peers_dir().join("browser.py").display()
     );
-    let login = tokio::process::Command::new(env!("CARGO_BIN_EXE_pam"))
+    let login = tokio::process::Command::new(pam_bin())
         .args(["login", "--broker", &app.base_url, "--login-hint", user])
         .env("PAM_HOME", home)
         .env_remove("PAM_CONFIG")
