@@ -342,3 +342,42 @@ async fn pam_exec_runs_commands_in_containers_after_pam_login() {
     assert_eq!(details["reason"], "INC-77 inspect queue", "{details}");
     assert_eq!(details["kind"], "ecs", "{details}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_runs_in_a_container_before_its_session_is_on_record() {
+    let w = world("bob").await;
+    // While nothing can be appended to the trail, the policy decision and
+    // session.start cannot be durable.
+    let block = w.app.block_trail().await;
+    let run = w
+        .ssh("orders-dev")
+        .arg("echo ran-$((6*7))")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Choosing the task (control-plane reads) overlaps with the records...
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !w.fake.calls("DescribeTasks").is_empty()
+        })
+        .await,
+        "the broker never got as far as choosing a task"
+    );
+    // ...the command itself waits for them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        w.fake.calls("ExecuteCommand").is_empty(),
+        "ExecuteCommand reached ECS before session.start was durable"
+    );
+    assert!(w.app.events("session.start").await.is_empty());
+    block.release().await;
+    let out = run.wait_with_output().await.unwrap();
+    assert!(
+        text(&out.stdout).contains("ran-42"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(w.fake.calls("ExecuteCommand").len(), 1);
+    assert_eq!(w.app.events("session.start").await.len(), 1);
+}

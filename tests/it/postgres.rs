@@ -874,6 +874,41 @@ tags = {{ env = "dev" }}
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_or_query_reaches_the_database_before_the_session_is_on_record() {
+    let db = ScramDb::create().await;
+    let app = broker(target("order-dev", &db, r#"env = "dev""#).await).await;
+    let bob = token(&app, "bob").await;
+    let logged_in = || async {
+        let mut admin = admin_conn(&required_env("PAM_TEST_PG_SCRAM_URL")).await;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = $1")
+            .bind(&db.role)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        n
+    };
+    // While nothing can be appended to the trail, the policy decision and
+    // session.start cannot be durable.
+    let block = app.block_trail().await;
+    let client = {
+        let conninfo = via_broker(&app, "bob@example.test", "order-dev");
+        let bob = bob.clone();
+        tokio::spawn(async move { psql(&conninfo, &bob, &["-c", "select 'ran-' || 6*7"]).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        logged_in().await,
+        0,
+        "the broker logged in to the database before session.start was durable"
+    );
+    assert!(app.events("session.start").await.is_empty());
+    block.release().await;
+    let out = client.await.unwrap();
+    assert_eq!(stdout(&out).trim(), "ran-42", "{}", text(&out));
+    assert_eq!(app.events("session.start").await.len(), 1);
+}
+
 #[tokio::test]
 async fn an_expired_token_is_refused() {
     let db = ScramDb::create().await;

@@ -618,6 +618,44 @@ async fn forwarding_is_refused_unless_policy_grants_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_reaches_an_ssh_target_before_the_session_is_on_record() {
+    let w = world("bob").await;
+    let marker = std::env::temp_dir().join(format!("pam-order-{}", uuid::Uuid::new_v4().simple()));
+    // While nothing can be appended to the trail, the policy decision and
+    // session.start cannot be durable.
+    let block = w.app.block_trail().await;
+    let run = w
+        .ssh("web-dev")
+        .arg(format!("touch {}; echo ran", marker.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The broker's transport and authentication to the target overlap with
+    // the records (setup latency)...
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            w.sshd.log().contains("ID bob@example.test")
+        })
+        .await,
+        "the broker never connected to the target: {}",
+        w.sshd.log()
+    );
+    // ...but no channel, and so no command, reaches it before they are durable.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !marker.exists(),
+        "the command ran before session.start was durable"
+    );
+    assert!(w.app.events("session.start").await.is_empty());
+    block.release().await;
+    let out = run.wait_with_output().await.unwrap();
+    assert_eq!(text(&out.stdout), "ran\n", "{}", text(&out.stderr));
+    assert!(marker.exists());
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_key_mismatch_is_refused_and_audited() {
     let w = world("bob").await;
     let out = w.ssh("impostor").arg("true").output().await.unwrap();

@@ -483,6 +483,60 @@ impl TestApp {
     }
 }
 
+/// Holds the audit trail's write lock until [`TrailBlock::release`]: nothing
+/// can be appended meanwhile, which makes "not before its records are
+/// durable" observable. SQLite: a write transaction on the database file
+/// (the broker waits on its busy timeout, 10 s: release well before);
+/// PostgreSQL: the lock on the chain's head row.
+pub struct TrailBlock {
+    conn: TrailConn,
+}
+
+enum TrailConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl TestApp {
+    pub async fn block_trail(&self) -> TrailBlock {
+        use sqlx::Connection;
+        let conn = if self.database.is_postgres() {
+            let mut conn = sqlx::PgConnection::connect(&self.database.url)
+                .await
+                .unwrap();
+            sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+            sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            TrailConn::Postgres(conn)
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.database.url)
+                .await
+                .unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            TrailConn::Sqlite(conn)
+        };
+        TrailBlock { conn }
+    }
+}
+
+impl TrailBlock {
+    pub async fn release(self) {
+        match self.conn {
+            TrailConn::Sqlite(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+            TrailConn::Postgres(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
 /// `pam login --broker URL --login-hint USER` with `PAM_HOME=home`, the test
 /// browser clicking through the real IdP; panics unless it succeeds.
 pub async fn cli_login(app: &TestApp, home: &std::path::Path, user: &str) {
