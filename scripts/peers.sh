@@ -4,7 +4,7 @@
 # themselves (tests/it/support/peers.rs) from what is installed here.
 #
 # Exports for the tests:
-#   PAM_TEST_PEERS_DIR      venv/ (moto, awscli), st-venv/ (schemathesis) and node/ (oidc-provider, playwright-core, asciinema-player)
+#   PAM_TEST_PEERS_DIR      venv/ (moto, awscli, ssh-audit), st-venv/ (schemathesis) and node/ (oidc-provider, playwright-core, asciinema-player)
 #   PAM_TEST_MOTO_URL       http://127.0.0.1:PORT (moto server: STS, IAM, Secrets Manager, SSM, KMS)
 #   PAM_TEST_PG_SCRAM_URL   superuser URL of a PostgreSQL cluster that requires scram-sha-256 and offers TLS
 #   PAM_TEST_PG_SCRAM_CA    the CA that signed the cluster's TLS certificate (verify-full)
@@ -53,6 +53,12 @@ peers_install() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q 'moto[server]==5.*' 'awscli==1.*'
+  fi
+  # ssh-audit from PyPI: Debian 12's package (2.5.0) predates mlkem768x25519
+  # and strict key exchange and reports both as unknown.
+  if [ ! -x "$venv/bin/ssh-audit" ]; then
+    log "pip install ssh-audit into $venv"
+    "$venv/bin/pip" install -q 'ssh-audit==3.*'
   fi
   # schemathesis in its own venv: its pins must not fight moto's.
   local st=$PAM_PEERS_DIR/st-venv

@@ -20,6 +20,7 @@ use crate::config::TargetConfig;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::principal::CertGrants;
+use crate::edge::Edge;
 use crate::identity::{GrantsFn, Identity, PublicAddrs};
 use crate::keys::{self, KeyMaterial};
 use crate::metrics::Metrics;
@@ -212,6 +213,8 @@ pub async fn run_with(
     };
     let rooms = TaskTracker::new();
     let stop_rooms = shutdown.child_token();
+    let edge = Edge::new(audit.clone(), metrics.clone(), &config.server);
+    rooms.spawn(edge.clone().run(stop_rooms.clone()));
     let aws_access = crate::aws::credentials::AwsAccess::new(
         aws.clone(),
         gate.clone(),
@@ -256,6 +259,7 @@ pub async fn run_with(
                 gate: gate.clone(),
                 sessions: sessions.clone(),
                 audit: audit.clone(),
+                edge: edge.clone(),
                 aws: aws.clone(),
                 targets: targets.clone(),
                 metrics: metrics.clone(),
@@ -284,8 +288,10 @@ pub async fn run_with(
         gate: gate.clone(),
         sessions: sessions.clone(),
         audit: audit.clone(),
+        edge: edge.clone(),
         metrics: metrics.clone(),
         targets: targets.clone(),
+        algorithms: config.ssh.clone(),
         host_key: keys.ssh_host.clone(),
         user_ca: keys.ssh_user_ca.clone(),
         target_ca: keys.ssh_target_ca.clone(),
@@ -326,6 +332,8 @@ pub async fn run_with(
             "in-flight work did not finish within the grace period"
         );
     }
+    // Failures still folded into a summary are recorded before the end.
+    edge.flush().await;
     audit
         .note(
             AuditEvent::new(EventKind::ServerStop, Outcome::Success)

@@ -24,6 +24,7 @@ pub struct Config {
     pub oidc: OidcConfig,
     pub policy: PolicyConfig,
     pub session: SessionConfig,
+    pub ssh: SshConfig,
     pub audit: AuditConfig,
     pub login: LoginConfig,
     pub aws: AwsConfig,
@@ -143,7 +144,93 @@ section! {
         /// ALB's subnets): from them, the client address is read from
         /// `X-Forwarded-For`. Empty: the header is ignored.
         trusted_proxies: Vec<Cidr> = Vec::new(),
+        /// An SSH or PostgreSQL connection that has not authenticated after
+        /// this long is dropped (the broker token, for PostgreSQL).
+        auth_timeout: HumanDuration = HumanDuration::secs(30),
+        /// Connections from one source address that may be waiting to
+        /// authenticate at once (SSH and PostgreSQL together); more are refused.
+        max_unauthenticated_per_source: usize = 16,
+        /// Failed attempts from one source recorded one by one per minute and
+        /// kind of event; the rest of that minute become one summary event
+        /// with their count and what they tried.
+        failure_events_per_minute: u32 = 10,
     }
+}
+
+section! {
+    /// `[ssh]`: the algorithms the SSH listener offers, most preferred first.
+    /// The defaults follow ssh-audit's hardening guide (no encrypt-and-MAC
+    /// MACs, no 2048-bit DH, no ChaCha20-Poly1305 for peers without strict
+    /// key exchange), with the post-quantum hybrid first.
+    pub struct SshConfig {
+        kex: Vec<String> = names(SSH_KEX_DEFAULT),
+        ciphers: Vec<String> = names(SSH_CIPHERS_DEFAULT),
+        macs: Vec<String> = names(SSH_MACS_DEFAULT),
+        host_key_algorithms: Vec<String> = names(SSH_HOST_KEY_DEFAULT),
+        compression: Vec<String> = names(SSH_COMPRESSION_DEFAULT),
+    }
+}
+
+/// Key exchange algorithms the SSH listener can offer (the strict-kex and
+/// ext-info markers are always added).
+pub const SSH_KEX: &[&str] = &[
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group17-sha512",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group15-sha512",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group14-sha256",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+];
+const SSH_KEX_DEFAULT: &[&str] = &[
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group16-sha512",
+];
+/// Ciphers the SSH listener can offer.
+pub const SSH_CIPHERS: &[&str] = &[
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+    "chacha20-poly1305@openssh.com",
+];
+const SSH_CIPHERS_DEFAULT: &[&str] = &[
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
+/// MACs the SSH listener can offer (GCM ciphers carry their own).
+pub const SSH_MACS: &[&str] = &[
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512",
+    "hmac-sha2-256",
+];
+const SSH_MACS_DEFAULT: &[&str] = &[
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+];
+/// Host key algorithms: the broker's host key is Ed25519.
+pub const SSH_HOST_KEY: &[&str] = &["ssh-ed25519"];
+const SSH_HOST_KEY_DEFAULT: &[&str] = &["ssh-ed25519"];
+/// Compression: `zlib@openssh.com` starts only after authentication.
+pub const SSH_COMPRESSION: &[&str] = &["none", "zlib@openssh.com"];
+const SSH_COMPRESSION_DEFAULT: &[&str] = &["none", "zlib@openssh.com"];
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
 }
 
 section! {
@@ -432,12 +519,13 @@ impl Config {
         let oidc = OidcConfig::read("oidc", get("oidc"), &mut errors);
         let policy = PolicyConfig::read("policy", get("policy"), &mut errors);
         let session = SessionConfig::read("session", get("session"), &mut errors);
+        let ssh = SshConfig::read("ssh", get("ssh"), &mut errors);
         let audit = AuditConfig::read("audit", get("audit"), &mut errors);
         let login = LoginConfig::read("login", get("login"), &mut errors);
         let aws = AwsConfig::read("aws", get("aws"), &mut errors);
         for (name, entries) in &sections {
             if ![
-                "server", "oidc", "policy", "session", "audit", "login", "aws",
+                "server", "oidc", "policy", "session", "ssh", "audit", "login", "aws",
             ]
             .contains(&name.as_str())
             {
@@ -457,6 +545,7 @@ impl Config {
             oidc,
             policy,
             session,
+            ssh,
             audit,
             login,
             aws,
@@ -500,6 +589,35 @@ impl Config {
         }
         if self.session.idle_timeout.0.is_zero() || self.session.max_duration.0.is_zero() {
             errors.push("session.idle_timeout / session.max_duration: must not be zero".into());
+        }
+        if self.server.auth_timeout.0.is_zero() {
+            errors.push("server.auth_timeout: must not be zero".into());
+        }
+        if self.server.max_unauthenticated_per_source == 0 {
+            errors.push("server.max_unauthenticated_per_source: must be at least 1".into());
+        }
+        for (key, chosen, known) in [
+            ("ssh.kex", &self.ssh.kex, SSH_KEX),
+            ("ssh.ciphers", &self.ssh.ciphers, SSH_CIPHERS),
+            ("ssh.macs", &self.ssh.macs, SSH_MACS),
+            (
+                "ssh.host_key_algorithms",
+                &self.ssh.host_key_algorithms,
+                SSH_HOST_KEY,
+            ),
+            ("ssh.compression", &self.ssh.compression, SSH_COMPRESSION),
+        ] {
+            if chosen.is_empty() {
+                errors.push(format!("{key}: must name at least one algorithm"));
+            }
+            for name in chosen {
+                if !known.contains(&name.as_str()) {
+                    errors.push(format!(
+                        "{key}: {name:?} is not supported (one of {})",
+                        known.join(", ")
+                    ));
+                }
+            }
         }
         if self.audit.checkpoint_every == 0 {
             errors.push("audit.checkpoint_every: must be at least 1".into());

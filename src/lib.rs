@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod audit;
 pub mod aws;
 pub mod ecs;
+pub mod edge;
 pub mod export;
 pub mod identity;
 pub mod keys;

@@ -22,6 +22,15 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
     /// `[[export]]` sinks, in configuration order.
     pub export_sinks: std::sync::Mutex<Vec<(String, Arc<SinkMetrics>)>>,
+    /// SSH authentication rejections the broker slowed down (refused
+    /// certificates; plain-key queries are answered at once).
+    pub ssh_auth_delays: AtomicU64,
+    /// Connections dropped for not authenticating within `server.auth_timeout`.
+    pub auth_timeouts: AtomicU64,
+    /// Connections refused by `server.max_unauthenticated_per_source`.
+    pub unauthenticated_refused: AtomicU64,
+    /// Failure events folded into a summary instead of recorded one by one.
+    pub failures_aggregated: AtomicU64,
 }
 
 /// One export sink's gauges and counters.
@@ -183,6 +192,30 @@ impl Metrics {
             "pam_http_requests_total",
             "HTTP requests served.",
             get(&self.http_requests),
+        );
+        counter(
+            &mut out,
+            "pam_ssh_auth_delays_total",
+            "SSH authentication rejections delayed by the broker.",
+            get(&self.ssh_auth_delays),
+        );
+        counter(
+            &mut out,
+            "pam_auth_timeouts_total",
+            "Connections dropped for not authenticating within server.auth_timeout.",
+            get(&self.auth_timeouts),
+        );
+        counter(
+            &mut out,
+            "pam_unauthenticated_refused_total",
+            "Connections refused by server.max_unauthenticated_per_source.",
+            get(&self.unauthenticated_refused),
+        );
+        counter(
+            &mut out,
+            "pam_failures_aggregated_total",
+            "Failure events recorded inside a summary event instead of one by one.",
+            get(&self.failures_aggregated),
         );
         render_export(&mut out, self);
         out

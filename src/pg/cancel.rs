@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use super::protocol;
 use crate::audit::Audit;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::edge::Edge;
 
 /// Where and how to cancel a session's running statement.
 #[derive(Clone)]
@@ -109,15 +110,24 @@ impl Registry {
 
     /// Handles a `CancelRequest`: forwards it, or drops it when the key is
     /// not one of ours. Either way the client gets no answer.
-    pub async fn cancel(&self, audit: &Audit, pid: i32, key: &[u8], source: std::net::IpAddr) {
+    /// An unknown key comes from a client nobody authenticated: its record
+    /// goes through the edge's flood aggregation.
+    pub async fn cancel(
+        &self,
+        audit: &Audit,
+        edge: &Edge,
+        pid: i32,
+        key: &[u8],
+        source: std::net::IpAddr,
+    ) {
         let Some(entry) = self.lookup(pid, key) else {
-            audit
-                .note(
-                    AuditEvent::new(EventKind::DbQuery, Outcome::Denied)
-                        .source_ip(Some(source))
-                        .details(json!({"cancel_request": true, "error": "unknown cancel key"})),
-                )
-                .await;
+            edge.failure(
+                AuditEvent::new(EventKind::DbQuery, Outcome::Denied)
+                    .source_ip(Some(source))
+                    .details(json!({"cancel_request": true, "error": "unknown cancel key"})),
+                "postgres cancel request with an unknown key",
+            )
+            .await;
             return;
         };
         let result = send(&entry.upstream).await;

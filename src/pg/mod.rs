@@ -35,6 +35,8 @@ use tracing::Instrument;
 use crate::audit::Audit;
 use crate::aws::Aws;
 use crate::config::TargetConfig;
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::edge::Edge;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy::Gate;
@@ -47,6 +49,8 @@ pub struct Deps {
     pub gate: Gate,
     pub sessions: Sessions,
     pub audit: Audit,
+    /// Slots and deadlines of unauthenticated connections, failure events.
+    pub edge: Edge,
     pub aws: Aws,
     pub targets: Arc<Vec<TargetConfig>>,
     pub metrics: Arc<Metrics>,
@@ -70,9 +74,6 @@ pub struct Room {
     pub cancels: cancel::Registry,
     pub upstreams: upstream::Upstreams,
 }
-
-/// How long a client may take from connecting to sending its password.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts connections until `shutdown`; one task per connection, at most
 /// `max_connections` at once. Live sessions end through `Sessions` on
@@ -121,9 +122,22 @@ pub async fn serve(
             continue;
         };
         let span = tracing::info_span!("pg", %peer, session_id = tracing::field::Empty, user = tracing::field::Empty);
+        let slot = match room.deps.edge.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(too_many) => {
+                tasks.spawn(
+                    async move {
+                        refuse_unauthenticated(socket, peer, &room, too_many).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+                continue;
+            }
+        };
         tasks.spawn(
             async move {
-                if let Err(e) = startup::handle(room, socket, peer, shutdown).await {
+                if let Err(e) = startup::handle(room, socket, peer, shutdown, slot).await {
                     tracing::info!(error = %format!("{e:#}"), "PostgreSQL connection ended with an error");
                 }
                 drop(permit);
@@ -134,6 +148,39 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Turns away a client over its source's unauthenticated-connection cap
+/// with an `ErrorResponse` (libpq prints it even in answer to an
+/// SSLRequest), recorded like a failed login.
+async fn refuse_unauthenticated(
+    mut socket: TcpStream,
+    peer: std::net::SocketAddr,
+    room: &Room,
+    too_many: crate::edge::TooMany,
+) {
+    let reason = too_many.to_string();
+    tracing::info!("{reason}; refusing");
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        socket.write_all(&protocol::error_response(
+            protocol::Severity::Fatal,
+            "53300",
+            &reason,
+            None,
+            None,
+        )),
+    )
+    .await;
+    room.deps
+        .edge
+        .failure(
+            AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
+                .source_ip(Some(peer.ip()))
+                .details(serde_json::json!({"method": "postgres", "reason": reason})),
+            "postgres: connection refused (too many unauthenticated connections)",
+        )
+        .await;
 }
 
 /// A connection, in cleartext or TLS (client or server side), or to a

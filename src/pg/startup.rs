@@ -21,13 +21,15 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Severity, Startup};
-use super::{Room, STARTUP_TIMEOUT, Stream, relay, upstream};
+use super::{Room, Stream, relay, upstream};
 use crate::config::{PostgresTarget, TargetConfig, TargetKind};
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::principal::Principal;
 use crate::domain::session::SessionKind;
+use crate::edge::Unauthenticated;
 use crate::identity::AuthError;
+use crate::metrics::Metrics;
 use crate::sessions::{EndReason, Finish, NewSession, Recording};
 
 /// A refusal told to the client as a FATAL `ErrorResponse`.
@@ -73,19 +75,26 @@ struct Request {
     params: Vec<(String, String)>,
 }
 
-/// Serves one client connection from accept to close.
+/// Serves one client connection from accept to close. Until its broker
+/// token is accepted it holds `slot` and has until `server.auth_timeout`.
 pub async fn handle(
     room: Arc<Room>,
     socket: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    slot: Unauthenticated,
 ) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + room.deps.edge.auth_timeout();
     let negotiated = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&room, Stream::Plain(socket), peer)) => negotiated,
+        negotiated = tokio::time::timeout_at(deadline, negotiate(&room, Stream::Plain(socket), peer)) => negotiated,
     };
     let (mut stream, params) = match negotiated {
-        Err(_) => return Ok(()), // silent client: nothing to say
+        Err(_) => {
+            // A silent client: nothing to tell it, but it is recorded.
+            timed_out(&room, peer, None).await;
+            return Ok(());
+        }
         Ok(Err(e)) => return Err(e),
         Ok(Ok((_, Negotiated::Done))) => return Ok(()),
         Ok(Ok((stream, Negotiated::Refused(refusal)))) => {
@@ -97,16 +106,24 @@ pub async fn handle(
         Ok(request) => request,
         Err(refusal) => return refuse(stream, &refusal).await,
     };
-    let login = tokio::time::timeout(
-        STARTUP_TIMEOUT,
-        authenticate(&room, &mut stream, peer, &request),
-    )
-    .await
-    .unwrap_or_else(|_| Err(Refusal::new("08006", "timed out waiting for the password")));
+    let login =
+        tokio::time::timeout_at(deadline, authenticate(&room, &mut stream, peer, &request)).await;
+    let login = match login {
+        Ok(login) => login,
+        Err(_) => {
+            timed_out(&room, peer, Some(&request)).await;
+            Err(Refusal::new(
+                "08006",
+                "timed out waiting for the broker token (server.auth_timeout)",
+            ))
+        }
+    };
     let (principal, target, pg) = match login {
         Ok(found) => found,
         Err(refusal) => return refuse(stream, &refusal).await,
     };
+    // Authenticated: the slot goes back to the source's allowance.
+    drop(slot);
     tracing::Span::current().record("user", principal.email());
     let database = request
         .database
@@ -312,7 +329,7 @@ async fn negotiate(
             }
             Startup::Cancel { pid, key } => {
                 room.cancels
-                    .cancel(&room.deps.audit, pid, &key, peer.ip())
+                    .cancel(&room.deps.audit, &room.deps.edge, pid, &key, peer.ip())
                     .await;
                 return Ok((stream, Negotiated::Done));
             }
@@ -492,10 +509,18 @@ async fn authenticate(
                 "reason": reason,
             }))
     };
+    let tried = format!(
+        "postgres user {:?} target {:?}",
+        request.user.as_deref().unwrap_or_default(),
+        request.target
+    );
     let principal = match room.deps.identity.authenticate(&token).await {
         Ok(principal) => principal,
         Err(e) => {
-            audit.note(rejected(e.to_string())).await;
+            room.deps
+                .edge
+                .failure(rejected(e.to_string()), &tried)
+                .await;
             let refusal = match e {
                 AuthError::Unavailable => {
                     Refusal::new("57P03", "the broker's session store is unavailable")
@@ -516,11 +541,15 @@ async fn authenticate(
     if let Some(user) = &request.user
         && !user.eq_ignore_ascii_case(principal.email())
     {
-        audit
-            .note(rejected(format!(
-                "the token belongs to {}, not to the user named",
-                principal.email()
-            )))
+        room.deps
+            .edge
+            .failure(
+                rejected(format!(
+                    "the token belongs to {}, not to the user named",
+                    principal.email()
+                )),
+                &tried,
+            )
             .await;
         return Err(Refusal::new(
             "28000",
@@ -554,6 +583,31 @@ async fn authenticate(
         .hint("`pam ls db` lists the targets you may use"));
     };
     Ok((principal, target, pg))
+}
+
+/// Records a connection that gave no accepted broker token within
+/// `server.auth_timeout`.
+async fn timed_out(room: &Room, peer: SocketAddr, request: Option<&Request>) {
+    Metrics::inc(&room.deps.metrics.auth_timeouts);
+    let mut event = AuditEvent::new(EventKind::TokenRejected, Outcome::Denied)
+        .source_ip(Some(peer.ip()))
+        .details(json!({
+            "room": "postgres",
+            "user": request.and_then(|r| r.user.clone()),
+            "reason": "no broker token within server.auth_timeout",
+        }));
+    if let Some(request) = request {
+        event = event.target(&request.target);
+    }
+    let tried = match request {
+        Some(r) => format!(
+            "postgres user {:?} target {:?}: timed out",
+            r.user.as_deref().unwrap_or_default(),
+            r.target
+        ),
+        None => "postgres: timed out before the startup packet".to_owned(),
+    };
+    room.deps.edge.failure(event, &tried).await;
 }
 
 async fn refuse(mut stream: Stream, refusal: &Refusal) -> anyhow::Result<()> {

@@ -4,8 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use russh::keys::Certificate;
+use russh::keys::ssh_key::HashAlg;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
@@ -19,8 +21,10 @@ use crate::config::{Credential as CredentialSource, TargetConfig, TargetKind};
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::principal::Principal;
+use crate::edge::Unauthenticated;
 use crate::identity::AuthError;
 use crate::identity::cert::SESSION_EXTENSION;
+use crate::metrics::Metrics;
 
 /// An authenticated client: who, and where to.
 pub(crate) struct Authed {
@@ -42,68 +46,171 @@ pub(crate) struct Connection {
     upstream: UpstreamCell,
     state: Arc<Mutex<State>>,
     channels: TaskTracker,
+    /// This connection's place among its source's unauthenticated ones;
+    /// given back on authentication.
+    slot: Option<Unauthenticated>,
+    authenticated: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the end-of-connection audit needs to know.
 #[derive(Default)]
 struct State {
     user: Option<String>,
-    attempts: u32,
-    refused: bool,
+    /// What the client tried, in order (bounded).
+    tried: Vec<String>,
+    /// Tries beyond those listed.
+    tried_more: u32,
+    /// Why the most telling try was refused (a certificate's reason wins
+    /// over a plain key's).
+    reason: Option<String>,
+    /// The email a refused certificate named.
+    actor: Option<String>,
     authenticated: bool,
+    timed_out: bool,
 }
 
+/// Attempts listed in a connection's failure event.
+const MAX_TRIED: usize = 8;
+/// How long a refused certificate costs the client: a guesser gets few
+/// tries per second per connection, and every refusal takes the same time.
+const REJECTION_DELAY: Duration = Duration::from_millis(300);
+
 /// Held by the connection task: audits a connection that never
-/// authenticated, and waits for its channels.
+/// authenticated (one `login.failure` with everything it tried), and
+/// waits for its channels.
 pub(crate) struct Watch {
     shared: Arc<Shared>,
     peer: SocketAddr,
     state: Arc<Mutex<State>>,
     channels: TaskTracker,
+    authenticated: tokio::sync::watch::Sender<bool>,
 }
 
-impl Connection {
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr, announced: Option<String>) -> Self {
+impl Watch {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
         Self {
             shared,
             peer,
+            state: Arc::new(Mutex::new(State::default())),
+            channels: TaskTracker::new(),
+            authenticated: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// The russh handler of this connection.
+    pub fn connection(&self, announced: Option<String>, slot: Unauthenticated) -> Connection {
+        Connection {
+            shared: self.shared.clone(),
+            peer: self.peer,
             announced,
             authed: None,
             upstream: Arc::new(tokio::sync::OnceCell::new()),
-            state: Arc::new(Mutex::new(State::default())),
-            channels: TaskTracker::new(),
-        }
-    }
-
-    pub fn watch(&self) -> Watch {
-        Watch {
-            shared: self.shared.clone(),
-            peer: self.peer,
             state: self.state.clone(),
             channels: self.channels.clone(),
+            slot: Some(slot),
+            authenticated: self.authenticated.clone(),
         }
     }
 
+    /// Becomes true when the client has authenticated.
+    pub fn authenticated(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.authenticated.subscribe()
+    }
+
+    /// The connection did not authenticate within `server.auth_timeout`.
+    pub fn timed_out(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.timed_out = true;
+        }
+    }
+
+    /// Called when the connection ends: a connection that never
+    /// authenticated is one failed login, with what it tried.
+    pub async fn finish(self) {
+        self.channels.close();
+        self.channels.wait().await;
+        let (event, tried) = {
+            let Ok(state) = self.state.lock() else {
+                return;
+            };
+            if state.authenticated || (state.tried.is_empty() && !state.timed_out) {
+                return;
+            }
+            let reason = match (&state.reason, state.timed_out) {
+                (Some(reason), false) => reason.clone(),
+                (Some(reason), true) => {
+                    format!("no authentication within server.auth_timeout; last refusal: {reason}")
+                }
+                (None, true) => "no authentication within server.auth_timeout".to_owned(),
+                (None, false) => "no valid broker certificate (expired, not yet valid, or a plain key); run `pam login`".to_owned(),
+            };
+            let methods: Vec<&str> = state
+                .tried
+                .iter()
+                .map(|t| t.split(' ').next().unwrap_or_default())
+                .collect();
+            let tried = format!(
+                "ssh user {:?}: {}",
+                state.user.as_deref().unwrap_or_default(),
+                if methods.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    methods.join(", ")
+                }
+            );
+            let mut event = AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
+                .source_ip(Some(self.peer.ip()))
+                .details(json!({
+                    "method": "ssh",
+                    "reason": reason,
+                    "ssh_user": state.user,
+                    "tried": state.tried,
+                    "tried_more": state.tried_more,
+                    "timed_out": state.timed_out,
+                }));
+            if let Some(actor) = &state.actor {
+                event = event.actor(actor);
+            }
+            (event, tried)
+        };
+        Metrics::inc(&self.shared.deps.metrics.logins_failure);
+        self.shared.deps.edge.failure(event, &tried).await;
+    }
+}
+
+impl Connection {
     fn note_user(&self, user: &str) {
         if let Ok(mut state) = self.state.lock() {
             state.user = Some(user.chars().take(128).collect());
-            state.attempts += 1;
         }
     }
 
-    /// Refuses a certificate, with an audit record saying why.
-    async fn refuse(&self, user: &str, actor: Option<&str>, reason: &str) -> Auth {
+    /// Remembers one try for the connection's failure event.
+    fn note_try(&self, user: &str, what: String) {
         if let Ok(mut state) = self.state.lock() {
-            state.refused = true;
+            state.user = Some(user.chars().take(128).collect());
+            if state.tried.len() < MAX_TRIED {
+                state.tried.push(what.chars().take(256).collect());
+            } else {
+                state.tried_more += 1;
+            }
         }
-        let mut event = AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
-            .source_ip(Some(self.peer.ip()))
-            .details(json!({"method": "ssh", "reason": reason, "ssh_user": user}));
-        if let Some(actor) = actor {
-            event = event.actor(actor);
+    }
+
+    /// Refuses a certificate. Not yet a failed login (the client may go on
+    /// to a valid one): the connection's failure event, if it never
+    /// authenticates, says why. A refused certificate is slowed down.
+    async fn refuse(&self, user: &str, actor: Option<&str>, reason: &str) -> Auth {
+        self.note_try(user, format!("certificate: {reason}"));
+        if let Ok(mut state) = self.state.lock() {
+            state.reason = Some(reason.to_owned());
+            if let Some(actor) = actor {
+                state.actor = Some(actor.to_owned());
+            }
         }
-        self.shared.deps.audit.note(event).await;
-        tracing::info!(user, reason, "ssh authentication refused");
+        tracing::info!(user, reason, "ssh certificate refused");
+        Metrics::inc(&self.shared.deps.metrics.ssh_auth_delays);
+        tokio::time::sleep(REJECTION_DELAY).await;
         Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
             partial_success: false,
@@ -113,48 +220,7 @@ impl Connection {
     /// `TARGET`, `LOGIN@TARGET`, or the login alone when `pam ssh-proxy`
     /// announced the target (`-` = the target's default login).
     fn parse_user<'a>(&'a self, user: &'a str) -> (Option<&'a str>, &'a str) {
-        if let Some(target) = &self.announced {
-            let login = (user != "-" && !user.is_empty()).then_some(user);
-            return (login, target.as_str());
-        }
-        match user.rsplit_once('@') {
-            Some((login, target)) => (Some(login), target),
-            None => (None, user),
-        }
-    }
-}
-
-impl Watch {
-    /// Called when the connection ends.
-    pub async fn finish(self) {
-        self.channels.close();
-        self.channels.wait().await;
-        let (user, attempts, refused, authenticated) = match self.state.lock() {
-            Ok(state) => (
-                state.user.clone(),
-                state.attempts,
-                state.refused,
-                state.authenticated,
-            ),
-            Err(_) => return,
-        };
-        if !authenticated && !refused && attempts > 0 {
-            // russh refuses expired and not-yet-valid certificates (and plain
-            // keys) before asking us: record the attempt all the same.
-            self.shared
-                .deps
-                .audit
-                .note(
-                    AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
-                        .source_ip(Some(self.peer.ip()))
-                        .details(json!({
-                            "method": "ssh",
-                            "reason": "no valid broker certificate (expired, not yet valid, or a plain key)",
-                            "ssh_user": user,
-                        })),
-                )
-                .await;
-        }
+        super::username::split(user, self.announced.as_deref())
     }
 }
 
@@ -162,28 +228,41 @@ impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        if let Ok(mut state) = self.state.lock() {
-            state.user = Some(user.chars().take(128).collect());
-        }
+        self.note_user(user);
         Ok(Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
             partial_success: false,
         })
     }
 
+    /// A plain key: the broker takes only its own certificates. OpenSSH
+    /// offers the key before its certificate on every login, so this is
+    /// answered at once and is no failed login by itself.
     async fn auth_publickey(
         &mut self,
         user: &str,
-        _key: VerifiedPublicKey<'_>,
+        key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        self.note_user(user);
-        Ok(self
-            .refuse(
-                user,
-                None,
-                "no valid broker certificate (a plain key, or a certificate that is expired or not yet valid); run `pam login`",
-            )
-            .await)
+        self.note_try(
+            user,
+            format!(
+                "publickey {} {}",
+                key.public_key.algorithm(),
+                key.public_key.fingerprint(HashAlg::Sha256)
+            ),
+        );
+        if let Ok(mut state) = self.state.lock()
+            && state.reason.is_none()
+        {
+            state.reason = Some(
+                "no valid broker certificate (a plain key, or a certificate that is expired or not yet valid); run `pam login`"
+                    .into(),
+            );
+        }
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
     }
 
     async fn auth_openssh_certificate(
@@ -279,6 +358,10 @@ impl russh::server::Handler for Connection {
         if let Ok(mut state) = self.state.lock() {
             state.authenticated = true;
         }
+        // Authenticated: no longer counts against the source's cap, and no
+        // longer bound by server.auth_timeout.
+        self.slot.take();
+        self.authenticated.send_replace(true);
         self.authed = Some(Arc::new(Authed {
             principal,
             target,

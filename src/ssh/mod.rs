@@ -7,6 +7,11 @@
 //! One entry point, [`serve`]. One task per connection; the russh handler
 //! (`handler.rs`) stays thin and hands each session channel to its own relay
 //! task (`channel.rs`) that owns the channel's state.
+//!
+//! Before authentication a connection holds one of its source's slots
+//! (`server.max_unauthenticated_per_source`, [`crate::edge`]) and has
+//! `server.auth_timeout` to authenticate, from accept on: a client that
+//! sends only a banner, or never finishes key exchange, is cut off.
 
 mod channel;
 mod ecs_channel;
@@ -14,6 +19,7 @@ mod handler;
 mod preamble;
 mod sftp;
 pub mod upstream;
+pub mod username;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +32,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::audit::Audit;
-use crate::config::TargetConfig;
+use crate::config::{SshConfig, TargetConfig};
+use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::edge::{Edge, TooMany, Unauthenticated};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy::Gate;
@@ -39,8 +47,12 @@ pub struct Deps {
     pub gate: Gate,
     pub sessions: Sessions,
     pub audit: Audit,
+    /// Slots and deadlines of unauthenticated connections, failure events.
+    pub edge: Edge,
     pub metrics: Arc<Metrics>,
     pub targets: Arc<Vec<TargetConfig>>,
+    /// `[ssh]`: the algorithms offered.
+    pub algorithms: SshConfig,
     pub host_key: PrivateKey,
     pub user_ca: PrivateKey,
     pub target_ca: PrivateKey,
@@ -61,7 +73,7 @@ pub async fn serve(
     deps: Deps,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(server_config(&deps));
+    let config = Arc::new(server_config(&deps)?);
     let deps = Arc::new(Shared {
         user_ca_fingerprint: deps.user_ca.public_key().fingerprint(HashAlg::Sha256),
         deps,
@@ -86,14 +98,27 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let config = config.clone();
         let deps = deps.clone();
-        let shutdown = shutdown.clone();
         let span = tracing::info_span!("ssh", %peer);
+        let slot = match deps.deps.edge.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(too_many) => {
+                connections.spawn(
+                    async move {
+                        let _permit = permit;
+                        refuse_unauthenticated(stream, peer, &deps, too_many).await;
+                    }
+                    .instrument(span),
+                );
+                continue;
+            }
+        };
+        let config = config.clone();
+        let shutdown = shutdown.clone();
         connections.spawn(
             async move {
                 let _permit = permit;
-                if let Err(e) = connection(stream, peer, config, deps, shutdown).await {
+                if let Err(e) = connection(stream, peer, config, deps, shutdown, slot).await {
                     tracing::debug!(error = %e, "ssh connection ended with an error");
                 }
             }
@@ -117,18 +142,57 @@ async fn connection(
     config: Arc<russh::server::Config>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    slot: Unauthenticated,
 ) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + shared.deps.edge.auth_timeout();
+    // A second handle on the socket: cutting it ends russh's session task
+    // whatever state the handshake is in.
+    let socket = stream.into_std()?;
+    let cut = socket.try_clone()?;
+    let stream = tokio::net::TcpStream::from_std(socket)?;
+    let watch = handler::Watch::new(shared.clone(), peer);
     // `pam ssh-proxy` may announce the target before the SSH banner.
-    let (stream, announced) = preamble::read(stream).await?;
-    let handler = handler::Connection::new(shared.clone(), peer, announced);
-    let watch = handler.watch();
-    let session = russh::server::run_stream(config, stream, handler).await?;
+    let (stream, announced) = match tokio::time::timeout_at(deadline, preamble::read(stream)).await
+    {
+        Ok(read) => read?,
+        Err(_) => return timed_out(&shared, &cut, watch).await,
+    };
+    let handler = watch.connection(announced, slot);
+    let session =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler))
+            .await
+        {
+            Ok(session) => session?,
+            Err(_) => return timed_out(&shared, &cut, watch).await,
+        };
     let handle = session.handle();
+    let mut authenticated = watch.authenticated();
+    let expired = async move {
+        tokio::time::sleep_until(deadline).await;
+        if *authenticated.borrow_and_update() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(session);
     tokio::select! {
-        result = session => {
+        result = &mut session => {
             if let Err(e) = result {
                 tracing::debug!(error = ?e, "ssh session error");
             }
+        }
+        _ = expired => {
+            tracing::info!("no authentication within server.auth_timeout; disconnecting");
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "authentication timed out (server.auth_timeout)".into(),
+                    "en".into(),
+                )
+                .await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut session).await;
+            let _ = cut.shutdown(std::net::Shutdown::Both);
+            let _ = tokio::time::timeout(Duration::from_secs(5), session).await;
+            return timed_out(&shared, &cut, watch).await;
         }
         _ = shutdown.cancelled() => {
             // Live channels end through Sessions (they tell the user why);
@@ -143,16 +207,146 @@ async fn connection(
     Ok(())
 }
 
-fn server_config(deps: &Deps) -> russh::server::Config {
+/// Ends a connection that did not authenticate within `server.auth_timeout`
+/// and records it.
+async fn timed_out(
+    shared: &Shared,
+    cut: &std::net::TcpStream,
+    watch: handler::Watch,
+) -> anyhow::Result<()> {
+    Metrics::inc(&shared.deps.metrics.auth_timeouts);
+    let _ = cut.shutdown(std::net::Shutdown::Both);
+    watch.timed_out();
+    watch.finish().await;
+    Ok(())
+}
+
+/// Tells a client over its source's unauthenticated-connection cap why it
+/// is turned away (an SSH disconnect message, which OpenSSH prints), and
+/// records it like a failed login.
+async fn refuse_unauthenticated(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    too_many: TooMany,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reason = too_many.to_string();
+    tracing::info!(%peer, "{reason}; refusing");
+    let refusal = async {
+        stream.write_all(&disconnect_before_kex(&reason)).await?;
+        // Read what the client sends until it hangs up (bounded), so that
+        // closing does not reset the connection before it read the message.
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), refusal).await;
+    shared
+        .deps
+        .edge
+        .failure(
+            AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
+                .source_ip(Some(peer.ip()))
+                .details(serde_json::json!({"method": "ssh", "reason": reason})),
+            "ssh: connection refused (too many unauthenticated connections)",
+        )
+        .await;
+}
+
+/// The banner and an `SSH_MSG_DISCONNECT` (reason 12, too many
+/// connections) in the clear, as allowed before the first key exchange.
+fn disconnect_before_kex(description: &str) -> Vec<u8> {
+    let mut payload = vec![1u8]; // SSH_MSG_DISCONNECT
+    payload.extend_from_slice(&12u32.to_be_bytes());
+    payload.extend_from_slice(&(description.len() as u32).to_be_bytes());
+    payload.extend_from_slice(description.as_bytes());
+    payload.extend_from_slice(&0u32.to_be_bytes()); // language tag
+    // packet_length + padding_length + payload + padding: a multiple of 8,
+    // with at least 4 bytes of padding.
+    let mut padding = 8 - (4 + 1 + payload.len()) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let mut out = format!("{BANNER}\r\n").into_bytes();
+    out.extend_from_slice(&((1 + payload.len() + padding) as u32).to_be_bytes());
+    out.push(padding as u8);
+    out.extend_from_slice(&payload);
+    out.extend(std::iter::repeat_n(0u8, padding));
+    out
+}
+
+/// The identification string: no version (ssh-audit's advice; scanners
+/// learn nothing from it).
+pub const BANNER: &str = "SSH-2.0-pam";
+
+/// The algorithms of `[ssh]`, checked by the config loader, as russh names.
+pub fn preferred(algorithms: &SshConfig) -> anyhow::Result<russh::Preferred> {
+    use std::borrow::Cow;
+    fn each<T>(
+        key: &str,
+        names: &[String],
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> anyhow::Result<Vec<T>> {
+        names
+            .iter()
+            .map(|name| {
+                parse(name).ok_or_else(|| anyhow::anyhow!("{key}: {name:?} is not supported"))
+            })
+            .collect()
+    }
+    let mut kex = each("ssh.kex", &algorithms.kex, |n| {
+        russh::kex::Name::try_from(n).ok()
+    })?;
+    // RFC 8308 extensions and strict key exchange (the Terrapin
+    // countermeasure) are markers, not choices.
+    kex.extend([
+        russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+        russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ]);
+    let key = each(
+        "ssh.host_key_algorithms",
+        &algorithms.host_key_algorithms,
+        |n| n.parse::<russh::keys::Algorithm>().ok(),
+    )?;
+    let cipher = each("ssh.ciphers", &algorithms.ciphers, |n| {
+        russh::cipher::Name::try_from(n).ok()
+    })?;
+    let mac = each("ssh.macs", &algorithms.macs, |n| {
+        russh::mac::Name::try_from(n).ok()
+    })?;
+    let compression = each("ssh.compression", &algorithms.compression, |n| {
+        russh::compression::Name::try_from(n).ok()
+    })?;
+    Ok(russh::Preferred {
+        kex: Cow::Owned(kex),
+        key: Cow::Owned(key),
+        host_key_certificates: Cow::Borrowed(&[]),
+        cipher: Cow::Owned(cipher),
+        mac: Cow::Owned(mac),
+        compression: Cow::Owned(compression),
+    })
+}
+
+fn server_config(deps: &Deps) -> anyhow::Result<russh::server::Config> {
     let mut methods = russh::MethodSet::empty();
     methods.push(russh::MethodKind::PublicKey);
-    russh::server::Config {
-        server_id: russh::SshId::Standard(
-            format!("SSH-2.0-pam_{}", env!("CARGO_PKG_VERSION")).into(),
-        ),
+    Ok(russh::server::Config {
+        server_id: russh::SshId::Standard(BANNER.into()),
         methods,
-        auth_rejection_time: Duration::from_millis(300),
+        // The broker delays refusals itself, and only real ones (a refused
+        // certificate): OpenSSH queries the plain key before the
+        // certificate on every login, and that is no failure (issue 19.16).
+        auth_rejection_time: Duration::ZERO,
         auth_rejection_time_initial: Some(Duration::ZERO),
+        preferred: preferred(&deps.algorithms)?,
         keys: vec![deps.host_key.clone()],
         // Large windows and packets: russh's defaults (2 MiB, 32 KiB) cap
         // bulk throughput well below a direct connection.
@@ -166,5 +360,40 @@ fn server_config(deps: &Deps) -> russh::server::Config {
         keepalive_max: 4,
         nodelay: true,
         ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_algorithm_the_config_accepts_is_one_russh_knows() {
+        let all = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let every = SshConfig {
+            kex: all(crate::config::SSH_KEX),
+            ciphers: all(crate::config::SSH_CIPHERS),
+            macs: all(crate::config::SSH_MACS),
+            host_key_algorithms: all(crate::config::SSH_HOST_KEY),
+            compression: all(crate::config::SSH_COMPRESSION),
+        };
+        let offered = preferred(&every).unwrap();
+        assert_eq!(offered.kex.len(), crate::config::SSH_KEX.len() + 2);
+        let defaults = preferred(&SshConfig::default()).unwrap();
+        assert_eq!(defaults.kex[0].as_ref(), "mlkem768x25519-sha256");
+        assert!(!defaults.mac.iter().any(|m| m.as_ref() == "hmac-sha2-256"));
+    }
+
+    #[test]
+    fn the_refusal_is_a_well_formed_cleartext_packet() {
+        let bytes = disconnect_before_kex("too many");
+        let text = b"SSH-2.0-pam\r\n";
+        assert!(bytes.starts_with(text));
+        let packet = &bytes[text.len()..];
+        let length = u32::from_be_bytes(packet[..4].try_into().unwrap()) as usize;
+        assert_eq!(packet.len(), 4 + length);
+        assert_eq!(packet.len() % 8, 0);
+        assert!(packet[4] >= 4);
+        assert_eq!(packet[5], 1);
     }
 }

@@ -5,49 +5,38 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-const MAX_LINE: usize = 256;
+use super::username::{self, Preamble};
 
 /// Reads the first bytes; returns the stream (with those bytes still to be
-/// read if they belong to SSH) and the announced target, if any.
+/// read if they belong to SSH) and the announced target, if any. The
+/// caller bounds the time it may take (`server.auth_timeout`).
 pub async fn read(mut stream: TcpStream) -> anyhow::Result<(Prefixed, Option<String>)> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 64];
-    let deadline = Duration::from_secs(15);
-    while buf.len() < 4 {
-        let n = tokio::time::timeout(deadline, stream.read(&mut chunk)).await??;
+    loop {
+        match username::scan(&buf) {
+            Preamble::NeedMore => {}
+            Preamble::Ssh => return Ok((Prefixed::new(stream, buf), None)),
+            Preamble::Target { target, consumed } => {
+                if !crate::config::valid_target_name(target) {
+                    anyhow::bail!("malformed preamble");
+                }
+                let target = target.to_owned();
+                let rest = buf[consumed..].to_vec();
+                return Ok((Prefixed::new(stream, rest), Some(target)));
+            }
+            Preamble::Malformed(why) => anyhow::bail!(why),
+        }
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
             anyhow::bail!("connection closed before the banner");
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    if !buf.starts_with(b"PAM-") {
-        return Ok((Prefixed::new(stream, buf), None));
-    }
-    while !buf.contains(&b'\n') {
-        if buf.len() > MAX_LINE {
-            anyhow::bail!("preamble line too long");
-        }
-        let n = tokio::time::timeout(deadline, stream.read(&mut chunk)).await??;
-        if n == 0 {
-            anyhow::bail!("connection closed in the preamble");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let end = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
-    let line = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
-    let rest = buf.get(end + 1..).map(<[u8]>::to_vec).unwrap_or_default();
-    let target = parse(&line).ok_or_else(|| anyhow::anyhow!("malformed preamble"))?;
-    Ok((Prefixed::new(stream, rest), Some(target)))
-}
-
-fn parse(line: &str) -> Option<String> {
-    let name = line.strip_prefix("PAM-TARGET ")?.trim();
-    crate::config::valid_target_name(name).then(|| name.to_owned())
 }
 
 /// A stream that first yields bytes already read from it.
@@ -115,18 +104,5 @@ impl AsyncWrite for Prefixed {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn preamble_lines_parse() {
-        assert_eq!(parse("PAM-TARGET web-dev"), Some("web-dev".into()));
-        assert_eq!(parse("PAM-TARGET ../etc"), None);
-        assert_eq!(parse("PAM-TARGET "), None);
-        assert_eq!(parse("SSH-2.0-x"), None);
     }
 }

@@ -7,6 +7,7 @@ mod audit_trail;
 mod aws;
 mod ecs_exec;
 mod ecs_ssh;
+mod edge;
 mod export;
 mod fleet;
 mod identity;
