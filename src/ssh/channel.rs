@@ -453,7 +453,14 @@ async fn relay(
     id: russh::ChannelId,
 ) -> Option<u32> {
     let record_keys = shared.deps.record_input && matches!(kind, Kind::Shell);
-    let is_sftp = matches!(kind, Kind::Subsystem(_));
+    // SFTP, as a subsystem or by running sftp-server as a command: every
+    // file operation is audited, what cannot be parsed is refused.
+    let sftp = match kind {
+        Kind::Subsystem(_) => true,
+        Kind::Exec(command) => sftp::runs_sftp_server(command),
+        Kind::Shell => false,
+    }
+    .then(|| Arc::new(std::sync::Mutex::new(sftp::Auditor::default())));
     let cancel = live.cancel_token();
     let recorder = live.recorder().cloned();
 
@@ -466,8 +473,8 @@ async fn relay(
         let authed = authed.clone();
         let live_id = live.id().to_owned();
         let touch = live.counters();
+        let sftp = sftp.clone();
         async move {
-            let mut parser = is_sftp.then(sftp::Parser::default);
             loop {
                 let message = tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -476,10 +483,28 @@ async fn relay(
                 match message {
                     Some(ChannelMsg::Data { data }) => {
                         touch.input(data.len());
-                        if let Some(parser) = parser.as_mut() {
-                            for op in parser.feed(&data) {
-                                let details = sftp_details(&op);
-                                audit_op(&shared, &authed, &live_id, details).await;
+                        if let Some(auditor) = &sftp {
+                            // Recorded before the bytes that complete them go on.
+                            match sftp_client(auditor, &data) {
+                                Ok(ops) => {
+                                    for op in ops {
+                                        let details = sftp_details(&op);
+                                        audit_op(
+                                            &shared,
+                                            &authed,
+                                            &live_id,
+                                            Outcome::Success,
+                                            details,
+                                        )
+                                        .await;
+                                    }
+                                }
+                                Err(sftp::Refused(reason)) => {
+                                    let details = json!({"protocol": "sftp", "operation": "refused", "reason": reason});
+                                    audit_op(&shared, &authed, &live_id, Outcome::Denied, details)
+                                        .await;
+                                    return Some(format!("refused: {reason}"));
+                                }
                             }
                         }
                         // Unrecorded input goes nowhere (fail closed).
@@ -521,6 +546,7 @@ async fn relay(
                     Some(_) => {}
                 }
             }
+            None
         }
     };
 
@@ -531,6 +557,10 @@ async fn relay(
         let handle = handle.clone();
         let cancel = cancel.clone();
         let touch = live.counters();
+        let sftp = sftp.clone();
+        let shared = shared.clone();
+        let authed = authed.clone();
+        let live_id = live.id().to_owned();
         async move {
             let mut exit_status = None;
             loop {
@@ -541,6 +571,17 @@ async fn relay(
                 match message {
                     Some(ChannelMsg::Data { data }) => {
                         touch.output(data.len());
+                        if let Some(auditor) = &sftp {
+                            let ops = auditor
+                                .lock()
+                                .map(|mut a| a.server(&data))
+                                .unwrap_or_default();
+                            for op in ops {
+                                let details = sftp_details(&op);
+                                audit_op(&shared, &authed, &live_id, Outcome::Success, details)
+                                    .await;
+                            }
+                        }
                         // Unrecorded output goes nowhere (fail closed).
                         if let Some(r) = &recorder
                             && r.output(data.clone()).await.is_err()
@@ -617,11 +658,14 @@ async fn relay(
                     let _ = r.marker(text).await;
                 }
             }
-            _ = &mut inbound, if !inbound_done => {
+            result = &mut inbound, if !inbound_done => {
                 inbound_done = true;
-                // The client closed: the target side ends too.
-                if live.end_reason().is_none() {
-                    live.end(EndReason::Closed);
+                match result {
+                    // A refused SFTP packet ends the session.
+                    Ok(Some(refusal)) => live.end(EndReason::Error(refusal)),
+                    // The client closed: the target side ends too.
+                    _ if live.end_reason().is_none() => live.end(EndReason::Closed),
+                    _ => {}
                 }
             }
         }
@@ -639,6 +683,20 @@ async fn relay(
         let _ = down_tx.exit_status(exit_status.unwrap_or(255)).await;
     }
     inbound.abort();
+    // Files still open when the channel ended, with what they moved.
+    if let Some(auditor) = &sftp {
+        let ops = auditor.lock().map(|mut a| a.finish()).unwrap_or_default();
+        for op in ops {
+            audit_op(
+                shared,
+                authed,
+                live.id(),
+                Outcome::Success,
+                sftp_details(&op),
+            )
+            .await;
+        }
+    }
     let _ = up_tx.close().await;
     let _ = down_tx.eof().await;
     let _ = down_tx.close().await;
@@ -646,38 +704,73 @@ async fn relay(
     exit_status
 }
 
-fn sftp_details(op: &sftp::Operation) -> serde_json::Value {
-    match op {
-        sftp::Operation::Open { path, direction } => {
-            json!({"protocol": "sftp", "operation": "open", "direction": direction, "path": path})
-        }
-        sftp::Operation::Remove { path } => {
-            json!({"protocol": "sftp", "operation": "remove", "path": path})
-        }
-        sftp::Operation::Rename { from, to } => {
-            json!({"protocol": "sftp", "operation": "rename", "path": from, "to": to})
-        }
-        sftp::Operation::Mkdir { path } => {
-            json!({"protocol": "sftp", "operation": "mkdir", "path": path})
-        }
-        sftp::Operation::Rmdir { path } => {
-            json!({"protocol": "sftp", "operation": "rmdir", "path": path})
-        }
-        sftp::Operation::Setstat { path } => {
-            json!({"protocol": "sftp", "operation": "setstat", "path": path})
-        }
-        sftp::Operation::Symlink { link, target } => {
-            json!({"protocol": "sftp", "operation": "symlink", "path": link, "to": target})
-        }
+/// Client bytes through the SFTP auditor; a server speaking another
+/// version than 3 cannot be followed, so its requests are refused too.
+fn sftp_client(
+    auditor: &std::sync::Mutex<sftp::Auditor>,
+    data: &[u8],
+) -> Result<Vec<sftp::Operation>, sftp::Refused> {
+    let mut auditor = auditor
+        .lock()
+        .map_err(|_| sftp::Refused("the SFTP auditor failed".into()))?;
+    if let Some(version) = auditor.unsupported_version() {
+        return Err(sftp::Refused(format!(
+            "the server speaks SFTP version {version}; the broker audits version 3 only"
+        )));
     }
+    auditor.client(data)
 }
 
-async fn audit_op(shared: &Shared, authed: &Authed, session_id: &str, details: serde_json::Value) {
+fn sftp_details(op: &sftp::Operation) -> serde_json::Value {
+    use sftp::Operation as Op;
+    let (operation, mut details) = match op {
+        Op::Open { path, direction } => ("open", json!({"direction": direction, "path": path})),
+        Op::Close {
+            path,
+            direction,
+            bytes_read,
+            bytes_written,
+            closed,
+        } => (
+            "close",
+            json!({
+                "path": path,
+                "direction": direction,
+                "bytes_read": bytes_read,
+                "bytes_written": bytes_written,
+                "closed": closed,
+            }),
+        ),
+        Op::Remove { path } => ("remove", json!({"path": path})),
+        Op::Rename { from, to } => ("rename", json!({"path": from, "to": to})),
+        Op::Mkdir { path } => ("mkdir", json!({"path": path})),
+        Op::Rmdir { path } => ("rmdir", json!({"path": path})),
+        Op::Setstat { path, changes } => ("setstat", json!({"path": path, "changes": changes})),
+        Op::Symlink { target, link } => ("symlink", json!({"path": link, "to": target})),
+        Op::Hardlink { target, link } => ("hardlink", json!({"path": link, "to": target})),
+        Op::List { path } => ("list", json!({"path": path})),
+        Op::Copy { from, to, length } => {
+            ("copy", json!({"path": from, "to": to, "length": length}))
+        }
+        Op::Extended { name } => ("extended", json!({"name": name})),
+    };
+    details["protocol"] = json!("sftp");
+    details["operation"] = json!(operation);
+    details
+}
+
+async fn audit_op(
+    shared: &Shared,
+    authed: &Authed,
+    session_id: &str,
+    outcome: Outcome,
+    details: serde_json::Value,
+) {
     shared
         .deps
         .audit
         .note(
-            AuditEvent::new(EventKind::SshFileTransfer, Outcome::Success)
+            AuditEvent::new(EventKind::SshFileTransfer, outcome)
                 .actor(authed.principal.email())
                 .source_ip(Some(authed.peer.ip()))
                 .target(&authed.target.name)

@@ -14,6 +14,7 @@ mod identity;
 mod policy;
 mod postgres;
 mod serve;
+mod sftp;
 pub(crate) mod ssh;
 mod tidy;
 mod web;
