@@ -32,13 +32,16 @@ pub fn scan(buf: &[u8]) -> Preamble<'_> {
     if !buf.starts_with(b"PAM-") {
         return Preamble::Ssh;
     }
+    // The same verdict on a prefix as on the whole (fuzzed): the prefix
+    // first, then the length, then the name.
+    if !buf.starts_with(&PREFIX[..buf.len().min(PREFIX.len())]) {
+        return Preamble::Malformed("malformed preamble");
+    }
     let Some(end) = buf.iter().position(|b| *b == b'\n') else {
         return if buf.len() >= MAX_PREAMBLE {
             Preamble::Malformed("preamble line too long")
-        } else if PREFIX.starts_with(&buf[..buf.len().min(PREFIX.len())]) {
-            Preamble::NeedMore
         } else {
-            Preamble::Malformed("malformed preamble")
+            Preamble::NeedMore
         };
     };
     if end >= MAX_PREAMBLE {
