@@ -309,7 +309,7 @@ pub fn pam_bin() -> &'static Path {
             })
             .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
             .collect();
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         candidates
             .into_iter()
             .map(|(_, path)| path)
