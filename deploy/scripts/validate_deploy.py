@@ -5,13 +5,13 @@
   toml     pam.example.toml, the image's default config and the Terragrunt
            pam.toml templates (rendered with sample values) parse, and every
            key, target field, credential source and TLS mode exists in
-           src/config.rs, with values of the right shape; pam.example.toml
+           src/config/, with values of the right shape; pam.example.toml
            covers every key the broker knows
   env      every PAM_SECTION__KEY variable named under deploy/ is a real key
   keys     the key files of src/keys/mod.rs are the ones the entrypoint, the
            key generation script and the module handle
   broker   optionally, the real parser: `pam ca show user --config FILE` on each
-           config (only with PAM_BIN, or a pam binary newer than src/config.rs)
+           config (only with PAM_BIN, or a pam binary newer than src/config/)
   checkov  reads checkov JSON reports given with --checkov and fails on any
            failed check above LOW severity (all of them when checkov reports
            no severity, as without an API key) and on skips without a reason
@@ -34,7 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-CONFIG_RS = ROOT / "src" / "config.rs"
+CONFIG_DIR = ROOT / "src" / "config"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.rs"))
 
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d))+$")
 BYTE_SIZE = re.compile(r"^\d+ ?(B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)?$")
@@ -57,7 +58,7 @@ class Report:
 
 
 # --------------------------------------------------------------------------
-# The configuration schema, read from src/config.rs
+# The configuration schema, read from src/config/
 # --------------------------------------------------------------------------
 
 
@@ -77,7 +78,7 @@ class Schema:
 def struct_body(src: str, name: str) -> str:
     m = re.search(r"pub (?:struct|enum) " + name + r"\s*\{", src)
     if not m:
-        raise ValueError(f"src/config.rs: {name} not found")
+        raise ValueError(f"src/config/: {name} not found")
     depth, i = 1, m.end()
     while depth:
         depth += {"{": 1, "}": -1}.get(src[i], 0)
@@ -86,14 +87,14 @@ def struct_body(src: str, name: str) -> str:
 
 
 def read_schema() -> Schema:
-    src = CONFIG_RS.read_text()
+    src = "\n".join(f.read_text() for f in CONFIG_FILES)
     section_of = dict(re.findall(r"(\w+Config)::read\(\s*\"(\w+)\"", src))
     sections: dict[str, dict[str, str]] = {}
     for struct, section in ((s, n) for s, n in section_of.items()):
         body = struct_body(src, struct)
         keys = re.findall(r"^ {8}([a-z_][a-z0-9_]*): ([^=\n]+?) = ", body, re.M)
         if not keys:
-            raise ValueError(f"src/config.rs: no keys found in {struct}")
+            raise ValueError(f"src/config/: no keys found in {struct}")
         sections[section] = {k: t.strip() for k, t in keys}
 
     kinds = dict(re.findall(r"^\s*(\w+)\((\w+Target)\),", struct_body(src, "TargetKind"), re.M))
@@ -207,7 +208,7 @@ def check_config(path_label: str, doc: dict, schema: Schema, report: Report) -> 
         for key, (_, required) in fields.items():
             if required and key not in target:
                 report.fail(f"{label}: missing required field {key!r}")
-        # The broker's own cross-field rules (check_target in src/config.rs).
+        # The broker's own cross-field rules (check_target in src/config/).
         cred = target.get("credential", {"from": "broker-ca"})
         if kind == "ssh" and "host_key" not in target and "host_ca" not in target:
             report.fail(f"{label}: set host_key or host_ca")
@@ -376,12 +377,12 @@ def find_pam_binary() -> tuple[Path | None, str]:
     if explicit:
         return Path(explicit), "PAM_BIN"
     target = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/pam/target"))
-    config_mtime = CONFIG_RS.stat().st_mtime
+    config_mtime = max(f.stat().st_mtime for f in CONFIG_FILES)
     for profile in ("release", "debug"):
         candidate = target / profile / "pam"
         if candidate.is_file() and candidate.stat().st_mtime >= config_mtime:
-            return candidate, f"{candidate} (newer than src/config.rs)"
-    return None, "no pam binary newer than src/config.rs (set PAM_BIN to force)"
+            return candidate, f"{candidate} (newer than src/config/)"
+    return None, "no pam binary newer than src/config/ (set PAM_BIN to force)"
 
 
 def step_broker(configs: list[tuple[str, Path]], report: Report) -> None:
@@ -444,7 +445,7 @@ def main() -> int:
     report = Report()
     schema = read_schema()
     print(
-        f"ok    schema from src/config.rs: {len(schema.sections)} sections, "
+        f"ok    schema from src/config/: {len(schema.sections)} sections, "
         f"{sum(map(len, schema.sections.values()))} keys, target kinds {sorted(schema.targets)}, "
         f"credentials {sorted(schema.credentials)}, tls {schema.tls_modes}"
     )

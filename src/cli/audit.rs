@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 
 use super::StoreArgs;
 use crate::audit::verify;
-use crate::domain::audit::{AuditEvent, EventFilter, EventKind, Outcome, format_us};
+use crate::domain::audit::{AuditEvent, EventFilter, EventKind, Outcome, format_us, parse_time};
 use crate::keys::KeyMaterial;
 
 #[derive(Debug, Subcommand)]
@@ -682,5 +682,3 @@ async fn play_command(
     }
     Ok(ExitCode::SUCCESS)
 }
-
-pub use crate::config::parse_time;

@@ -275,6 +275,29 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// A time bound of a filter that is neither a time nor an age.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid time {0:?}: use RFC 3339, YYYY-MM-DD, or an age like 15m or 7d")]
+pub struct InvalidTime(String);
+
+/// A bound of [`EventFilter::since_us`] / `until_us`: an absolute time
+/// (RFC 3339 or `YYYY-MM-DD`, UTC) or an age (`15m`, `7d`).
+pub fn parse_time(text: &str) -> Result<i64, InvalidTime> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, &date_format) {
+        let t = date.midnight().assume_utc();
+        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
+    }
+    if let Ok(age) = super::duration::HumanDuration::parse(text) {
+        return Ok(now_us() - age.0.as_micros() as i64);
+    }
+    Err(InvalidTime(text.to_owned()))
+}
+
 impl EventRecord {
     /// The JSON form used by `--json` output, exports and the API.
     pub fn to_json(&self) -> Value {

@@ -2,6 +2,7 @@
 //! targets, actions and decisions. Every other module speaks these types.
 
 pub mod audit;
+pub mod duration;
 pub mod policy;
 pub mod principal;
 pub mod session;

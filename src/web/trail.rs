@@ -79,7 +79,7 @@ impl Filters {
 
     fn time(field: &str, value: &Option<String>) -> Result<Option<i64>, String> {
         nonempty(value)
-            .map(|t| crate::config::parse_time(&t).map_err(|e| format!("{field}: {e}")))
+            .map(|t| crate::domain::audit::parse_time(&t).map_err(|e| format!("{field}: {e}")))
             .transpose()
     }
 
