@@ -62,6 +62,15 @@ pub struct Writer {
     close: tokio::sync::oneshot::Sender<()>,
 }
 
+/// The size recorded when the client's PTY has none: `ssh -tt` from a pipe
+/// (as Ansible runs it) asks for a 0x0 terminal, which a player cannot show.
+pub const DEFAULT_WIDTH: u16 = 80;
+pub const DEFAULT_HEIGHT: u16 = 24;
+
+fn usable(n: u16, default: u16) -> u16 {
+    if n == 0 { default } else { n }
+}
+
 /// Events queued before the session has to wait for the writer.
 const QUEUE: usize = 4096;
 
@@ -88,8 +97,8 @@ impl Recorder {
         }
         let line = json!({
             "version": 2,
-            "width": header.width.max(1),
-            "height": header.height.max(1),
+            "width": usable(header.width, DEFAULT_WIDTH),
+            "height": usable(header.height, DEFAULT_HEIGHT),
             "timestamp": header.timestamp,
             "title": header.title,
             "env": env,
@@ -126,7 +135,13 @@ impl Recorder {
         self.send(Event::Input(data)).await
     }
 
+    /// A window change. A size of zero says "unknown" (a client whose
+    /// terminal is not a tty): it is not recorded, the player keeps the
+    /// size it has.
     pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), Closed> {
+        if cols == 0 || rows == 0 {
+            return Ok(());
+        }
         self.send(Event::Resize(cols, rows)).await
     }
 
@@ -385,6 +400,37 @@ mod tests {
         assert_eq!(lines[1][2], "hello \u{1b}[1mworld\u{1b}[0m\r\n<script>");
         assert_eq!(lines[2][2], "100x30");
         assert_eq!(lines[3][1], "i");
+    }
+
+    #[tokio::test]
+    async fn a_terminal_without_a_size_is_recorded_at_80x24() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = Header {
+            width: 0,
+            height: 0,
+            timestamp: 1_700_000_000,
+            title: "t".into(),
+            term: Some("xterm".into()),
+            session_id: "s".into(),
+            user: "u".into(),
+            target: "t".into(),
+        };
+        let (recorder, writer) = Recorder::create(dir.path(), Path::new("z.cast"), &header)
+            .await
+            .unwrap();
+        recorder.resize(0, 0).await.unwrap();
+        recorder.resize(132, 0).await.unwrap();
+        recorder.resize(132, 43).await.unwrap();
+        writer.finish().await.unwrap();
+        let text = std::fs::read_to_string(dir.path().join("z.cast")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["width"], 80);
+        assert_eq!(lines[0]["height"], 24);
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[1][2], "132x43");
     }
 
     #[test]

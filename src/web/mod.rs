@@ -78,6 +78,7 @@ pub fn router(deps: Deps) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/favicon.ico", get(favicon))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/api/v1/ca/ssh_user.pub", get(ssh_user_ca))
         .route("/api/v1/ca/ssh_target.pub", get(ssh_target_ca))
@@ -249,6 +250,20 @@ async fn metrics(State(deps): State<Arc<Deps>>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         deps.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Browsers ask for `/favicon.ico` on every page of the web view.
+const FAVICON: &[u8] = include_bytes!("assets/favicon.ico");
+
+async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/x-icon"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON,
     )
         .into_response()
 }

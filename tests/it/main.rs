@@ -13,6 +13,7 @@ mod fleet;
 mod identity;
 mod policy;
 mod postgres;
+mod replay;
 mod serve;
 mod sftp;
 pub(crate) mod ssh;

@@ -52,7 +52,7 @@ tags = {{ env = "dev" }}
     )
 }
 
-async fn world_with(user: &str, extra: &str, env: &[(&str, &str)]) -> World {
+pub(crate) async fn world_with(user: &str, extra: &str, env: &[(&str, &str)]) -> World {
     let sshd = Sshd::start().await;
     let app = TestApp::spawn_with(Options {
         idp: true,
@@ -174,7 +174,7 @@ impl World {
         cmd
     }
 
-    fn recording(&self, session: &pam::domain::audit::EventRecord) -> PathBuf {
+    pub(crate) fn recording(&self, session: &pam::domain::audit::EventRecord) -> PathBuf {
         let details: serde_json::Value = serde_json::from_str(&session.details).unwrap();
         self.app
             .config

@@ -464,6 +464,7 @@ async fn chromium_logs_in_replays_terminates_and_exports() {
         "{result}"
     );
     assert_eq!(result["cspViolations"], serde_json::json!([]), "{result}");
+    assert_eq!(result["notFound"], serde_json::json!([]), "{result}");
     for shot in ["logins", "sessions", "session", "terminated", "verify"] {
         assert!(
             artifacts.join(format!("{shot}.png")).exists(),

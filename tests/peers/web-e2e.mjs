@@ -38,6 +38,11 @@ try {
     if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) cspViolations.push(m.text());
   });
   page.on('dialog', (d) => d.accept());
+  // Nothing the pages (or the browser for them, like the favicon) ask for is missing.
+  const notFound = [];
+  page.on('response', (r) => {
+    if (r.status() === 404) notFound.push(r.url());
+  });
   const shot = (name) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
 
   step('log in through the IdP');
@@ -98,6 +103,7 @@ try {
   await shot('verify');
 
   result.cspViolations = cspViolations;
+  result.notFound = notFound;
   await context.close();
 } finally {
   await browser.close();
