@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Shared;
 use super::channel::{self, UpstreamCell};
+use super::forward;
 use super::upstream::{self, Credential, OnBehalfOf, Upstream};
 use crate::config::{Credential as CredentialSource, TargetConfig, TargetKind};
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
@@ -217,6 +218,46 @@ impl Connection {
         }
     }
 
+    /// The authenticated client, if its broker session is still live: every
+    /// channel open asks the store again (not the principal cached at
+    /// login), so after `pam logout` or a revocation no new channel opens.
+    /// A refusal is recorded as `token.rejected`.
+    async fn live(&self, channel: &str) -> Option<Arc<Authed>> {
+        let authed = self.authed.clone()?;
+        let principal = &authed.principal;
+        let reason = match self
+            .shared
+            .deps
+            .identity
+            .session(&principal.session_id)
+            .await
+        {
+            Ok(_) => return Some(authed),
+            Err(AuthError::Revoked) => "the broker session was revoked",
+            Err(AuthError::Expired) => "the broker session has expired",
+            Err(AuthError::Unavailable) => "the broker session could not be checked",
+            Err(_) => "the broker session is unknown",
+        };
+        tracing::info!(channel, reason, "channel refused");
+        self.shared
+            .deps
+            .audit
+            .note(
+                AuditEvent::new(EventKind::TokenRejected, Outcome::Denied)
+                    .actor(principal.email())
+                    .source_ip(Some(authed.peer.ip()))
+                    .target(&authed.target.name)
+                    .session(&principal.session_id)
+                    .details(json!({
+                        "method": "ssh",
+                        "channel": channel,
+                        "reason": reason,
+                    })),
+            )
+            .await;
+        None
+    }
+
     /// `TARGET`, `LOGIN@TARGET`, or the login alone when `pam ssh-proxy`
     /// announced the target (`-` = the target's default login).
     fn parse_user<'a>(&'a self, user: &'a str) -> (Option<&'a str>, &'a str) {
@@ -397,7 +438,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(authed) = self.authed.clone() else {
+        let Some(authed) = self.live("session").await else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -423,29 +464,26 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(authed) = self.authed.clone() else {
+        let Some(authed) = self.live("direct-tcpip").await else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
         };
-        let shared = self.shared.clone();
-        let upstream = self.upstream.clone();
-        let host = host_to_connect.to_owned();
-        let origin = (originator_address.to_owned(), originator_port);
-        self.channels.spawn(async move {
-            forward_tcp(
-                shared,
-                authed,
-                upstream,
-                channel,
-                reply,
-                host,
-                port_to_connect,
-                origin,
-            )
-            .await;
-        });
+        let to = forward::Destination {
+            host: host_to_connect.to_owned(),
+            port: port_to_connect,
+            originator: originator_address.to_owned(),
+            originator_port,
+        };
+        self.channels.spawn(forward::run(
+            self.shared.clone(),
+            authed,
+            self.upstream.clone(),
+            channel,
+            reply,
+            to,
+        ));
         Ok(())
     }
 
@@ -471,77 +509,6 @@ impl russh::server::Handler for Connection {
         }
         Ok(false)
     }
-}
-
-/// `ssh -L`: only with policy's `ssh_forward` (forward = "tcp"); the
-/// connection goes out from the target, like OpenSSH's own forwarding.
-#[allow(clippy::too_many_arguments)]
-async fn forward_tcp(
-    shared: Arc<Shared>,
-    authed: Arc<Authed>,
-    upstream: UpstreamCell,
-    channel: Channel<Msg>,
-    reply: ChannelOpenHandle,
-    host: String,
-    port: u32,
-    origin: (String, u32),
-) {
-    let context = RequestContext {
-        source_ip: Some(authed.peer.ip()),
-        forward: Some("tcp".into()),
-        login: Some(authed.login.clone()),
-        ..RequestContext::default()
-    };
-    let allowed = shared
-        .deps
-        .gate
-        .check(
-            &authed.principal.identity,
-            Some(&authed.principal.session_id),
-            Action::SshForward,
-            &Resource::Target(authed.target.to_ref()),
-            &context,
-        )
-        .await;
-    if allowed.is_err() {
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        return;
-    }
-    let connected = upstream
-        .get_or_init(|| async { connect_upstream(&shared, &authed).await.map(Arc::new) })
-        .await;
-    let Ok(upstream) = connected else {
-        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-        return;
-    };
-    let target_channel = match upstream
-        .handle
-        .channel_open_direct_tcpip(host.clone(), port, origin.0, origin.1)
-        .await
-    {
-        Ok(c) => c,
-        Err(_) => {
-            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-            return;
-        }
-    };
-    reply.accept().await;
-    shared
-        .deps
-        .audit
-        .note(
-            AuditEvent::new(EventKind::SshExec, Outcome::Success)
-                .actor(authed.principal.email())
-                .source_ip(Some(authed.peer.ip()))
-                .target(&authed.target.name)
-                .details(json!({"forward": "tcp", "host": host, "port": port})),
-        )
-        .await;
-    let mut a = channel.into_stream();
-    let mut b = target_channel.into_stream();
-    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
 }
 
 /// Opens the broker's connection to the target for this client connection.

@@ -15,6 +15,7 @@
 
 mod channel;
 mod ecs_channel;
+mod forward;
 mod handler;
 mod preamble;
 mod sftp;

@@ -18,4 +18,5 @@ mod serve;
 mod sftp;
 pub(crate) mod ssh;
 mod tidy;
+mod tunnel;
 mod web;

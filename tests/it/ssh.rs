@@ -111,7 +111,7 @@ impl World {
         self.ssh_with(user, &self.files.path().join("id"))
     }
 
-    fn ssh_with(&self, user: &str, key: &std::path::Path) -> tokio::process::Command {
+    pub(crate) fn ssh_with(&self, user: &str, key: &std::path::Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.args([
             "-F",
