@@ -5,8 +5,10 @@
 //! and audits every channel.
 //!
 //! One entry point, [`serve`]. One task per connection; the russh handler
-//! (`handler.rs`) stays thin and hands each session channel to its own relay
-//! task (`channel.rs`) that owns the channel's state.
+//! (`handler.rs`) stays thin, checks at every channel open that the broker
+//! session is still live, and hands each session channel to its own relay
+//! task (`channel.rs`, `ecs_channel.rs`) and each `direct-tcpip` forward to
+//! `forward.rs`; each is a session of its own, with one lifecycle.
 //!
 //! Before authentication a connection holds one of its source's slots
 //! (`server.max_unauthenticated_per_source`, [`crate::edge`]) and has
