@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -82,7 +83,7 @@ fn generate(cert: &Path, key: &Path, config: &Config, public_host: &str) -> anyh
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing {}", path.display()))?;
     if certs.is_empty() {
@@ -93,9 +94,10 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .with_context(|| format!("parsing {}", path.display()))?
-        .with_context(|| format!("{}: no private key", path.display()))
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Err(pem::Error::NoItemsFound) => anyhow::bail!("{}: no private key", path.display()),
+        found => found.with_context(|| format!("parsing {}", path.display())),
+    }
 }
 
 /// The client configuration for a target's `tls` mode (`None` for

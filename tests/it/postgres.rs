@@ -295,7 +295,11 @@ impl Wire {
         assert_eq!(answer[0], b'S');
         let cert = std::fs::read(app.config.keys_dir().join("postgres-tls.crt")).unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut cert.as_slice()) {
+        for cert in
+            <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+                &cert,
+            )
+        {
             roots.add(cert.unwrap()).unwrap();
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
