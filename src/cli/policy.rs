@@ -81,7 +81,13 @@ pub fn run(command: PolicyCommand, env: &HashMap<String, String>) -> anyhow::Res
 }
 
 fn check(args: CheckArgs, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
-    let config = args.store.load(env).ok();
+    // A config the caller named must load; without one, the defaults (and
+    // ./policies) are a convenience for trying policies out.
+    let config = if args.store.direct() {
+        Some(args.store.load(env)?)
+    } else {
+        args.store.load(env).ok()
+    };
     let dir = match (&args.dir, &config) {
         (Some(dir), _) => dir.clone(),
         (None, Some(config)) => config.policy.dir.clone(),

@@ -449,6 +449,42 @@ fn pam_policy_check_explains_and_exits_by_decision() {
     assert_eq!(json["policies"], serde_json::json!(["prod-requires-mfa"]));
 }
 
+#[test]
+fn pam_policy_check_with_a_config_that_does_not_load_says_why_and_stops() {
+    // ./policies would allow the request: a config that fails to load must
+    // not fall back to it.
+    let cwd = tempfile::tempdir().unwrap();
+    copy_policies(&cwd.path().join("policies"));
+    let config = cwd.path().join("pam.toml");
+    std::fs::write(&config, "[policy]\ndirr = \"elsewhere\"\n").unwrap();
+    let run = |config: &Path| {
+        pam_command()
+            .current_dir(cwd.path())
+            .args(["policy", "check", "carol@example.test", "ssh", "web-prod"])
+            .args(["--groups", "sre", "--mfa", "--context"])
+            .arg(r#"{"reason":"INC-9","tags":{"env":"prod"}}"#)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let out = run(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("policy.dirr"), "{stderr}");
+    assert!(stderr.contains("unknown key"), "{stderr}");
+    let missing = run(&cwd.path().join("missing.toml"));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{stderr}");
+    assert!(missing.stdout.is_empty());
+    assert!(stderr.contains("missing.toml"), "{stderr}");
+}
+
 /// A broker whose policies live in a copy we can edit.
 async fn app_with_policy_copy() -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
