@@ -192,7 +192,7 @@ pub async fn run_with(
     let postgres_public = config.postgres_public_addr(pg_listener.local_addr()?);
     let pg_tls = pg::tls::server_config(&config, pg::tls::host_of(&postgres_public))
         .context("TLS for the PostgreSQL listener")?;
-    let aws = Aws::load_with_env(&config.aws, &env).await;
+    let aws = Aws::load_for(&config.aws, &env, config.uses_aws()).await;
     let exporter = crate::export::Exporter::new(
         &config.exports,
         &env,

@@ -45,12 +45,35 @@ impl Aws {
 
     /// [`Aws::load`] (kept for callers that name the environment explicitly).
     pub async fn load_with_env(config: &AwsConfig, env: &HashMap<String, String>) -> Self {
+        Self::load_for(config, env, true).await
+    }
+
+    /// [`Aws::load`] for a broker of which nothing may call AWS (`used`:
+    /// a target or export does): without a region from `[aws]`, the
+    /// environment or the AWS profile, the instance metadata service (IMDS)
+    /// is asked only when `used`, else one line says so and us-east-1
+    /// stands. Credentials are always looked for at the first call only.
+    pub async fn load_for(config: &AwsConfig, env: &HashMap<String, String>, used: bool) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https());
-        let region = config
+        let mut region = config
             .region
             .clone()
             .or_else(|| env.get("AWS_REGION").cloned())
             .or_else(|| env.get("AWS_DEFAULT_REGION").cloned());
+        if region.is_none() && !used {
+            use aws_config::meta::region::ProvideRegion;
+            let profile = aws_config::profile::ProfileFileRegionProvider::new();
+            region = Some(match profile.region().await {
+                Some(found) => found.to_string(),
+                None => {
+                    tracing::info!(
+                        "AWS not configured: no region ([aws].region, AWS_REGION or a profile) \
+                         and no target or export uses AWS, so IMDS is not asked"
+                    );
+                    "us-east-1".to_owned()
+                }
+            });
+        }
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
         }

@@ -283,6 +283,21 @@ impl Config {
         })
     }
 
+    /// Whether any target or export calls AWS (so the broker needs a region
+    /// and credentials).
+    pub fn uses_aws(&self) -> bool {
+        let target_uses = |t: &TargetConfig| match &t.kind {
+            TargetKind::Aws(_) | TargetKind::Ecs(_) => true,
+            TargetKind::Ssh(ssh) => ssh.credential != Credential::BrokerCa,
+            TargetKind::Postgres(pg) => pg.credential != Credential::BrokerCa || pg.via.is_some(),
+        };
+        self.targets.iter().any(target_uses)
+            || self
+                .exports
+                .iter()
+                .any(|e| !matches!(e.kind, ExportKind::Webhook(_)))
+    }
+
     pub fn target(&self, name: &str) -> Option<&TargetConfig> {
         self.targets.iter().find(|t| t.name == name)
     }

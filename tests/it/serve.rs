@@ -206,6 +206,57 @@ async fn dev_mode_needs_no_config_and_prints_its_urls() {
     assert!(child.wait().unwrap().success());
 }
 
+#[tokio::test]
+async fn dev_mode_without_aws_asks_no_imds_and_says_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = pam_command();
+    for var in [
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_EC2_METADATA_DISABLED",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(["serve", "--dev", "--data-dir"])
+        .arg(dir.path().join("pam-data"))
+        .env("HOME", dir.path())
+        .env("PAM_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("PAM_SERVER__HTTP_LISTEN", "127.0.0.1:0")
+        .env("PAM_SERVER__SSH_LISTEN", "127.0.0.1:0")
+        .env("PAM_SERVER__POSTGRES_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("stop with Ctrl-C"))
+            .count()
+    })
+    .await
+    .unwrap();
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.to_lowercase().contains("imds::"), "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("AWS not configured"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].contains("no region"), "{stderr}");
+}
+
 fn run_fail(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(!out.status.success(), "expected failure");
