@@ -76,6 +76,16 @@ const MAX_TRIED: usize = 8;
 /// tries per second per connection, and every refusal takes the same time.
 const REJECTION_DELAY: Duration = Duration::from_millis(300);
 
+/// How long the store may take to answer before authentication starts.
+const STORE_PROBE: Duration = Duration::from_secs(2);
+
+/// The banner a client gets when the broker cannot reach its store: SSH has
+/// no text in an authentication failure, so without it the user would see
+/// only "Permission denied (publickey)" and suspect their credentials.
+const STORE_DOWN_BANNER: &str = "pam: the broker cannot reach its store (the audit trail and \
+     sessions), so it refuses every login until the store is back. Your credentials are fine: \
+     try again later, or tell the broker's operators.\r\n";
+
 /// Held by the connection task: audits a connection that never
 /// authenticated (one `login.failure` with everything it tried), and
 /// waits for its channels.
@@ -267,6 +277,17 @@ impl Connection {
 
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
+
+    /// Sent once, before the first authentication request is answered.
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        let answers = tokio::time::timeout(STORE_PROBE, self.shared.deps.audit.ping())
+            .await
+            .unwrap_or(false);
+        if !answers {
+            tracing::warn!("the store does not answer: SSH clients are told so in a banner");
+        }
+        Ok((!answers).then(|| STORE_DOWN_BANNER.to_owned()))
+    }
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         self.note_user(user);

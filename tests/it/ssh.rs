@@ -656,6 +656,46 @@ async fn nothing_reaches_an_ssh_target_before_the_session_is_on_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssh_client_is_told_when_the_store_is_down() {
+    let w = world("bob").await;
+    let up = w.ssh("web-dev").arg("echo up").output().await.unwrap();
+    assert_eq!(text(&up.stdout), "up\n", "{}", text(&up.stderr));
+    assert!(!text(&up.stderr).contains("cannot reach its store"));
+    // PostgreSQL is the store a broker can lose (SQLite is a local file):
+    // nobody may connect to the database any more, open connections are cut.
+    if !w.app.database.is_postgres() {
+        return;
+    }
+    use sqlx::Connection;
+    // A database cannot refuse connections to itself: the server's own
+    // database does it.
+    let mut url = url::Url::parse(&w.app.database.url).unwrap();
+    let name = url.path().trim_start_matches('/').to_owned();
+    assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    url.set_path("/postgres");
+    let mut admin = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+    let allow = |yes: bool| {
+        sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {yes}"))
+    };
+    sqlx::query(allow(false)).execute(&mut admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let down = w.ssh("web-dev").arg("echo up").output().await.unwrap();
+    let stderr = text(&down.stderr);
+    assert_eq!(down.status.code(), Some(255), "{stderr}");
+    assert!(down.stdout.is_empty());
+    assert!(
+        stderr.contains("the broker cannot reach its store"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    sqlx::query(allow(true)).execute(&mut admin).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_key_mismatch_is_refused_and_audited() {
     let w = world("bob").await;
     let out = w.ssh("impostor").arg("true").output().await.unwrap();
