@@ -59,7 +59,7 @@ pub enum AccessError {
         code: Option<String>,
     },
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[from] crate::domain::audit::AuditError),
 }
 
 /// What the request was.
@@ -254,7 +254,7 @@ impl AwsAccess {
                 self.audit
                     .gate(event)
                     .await
-                    .map_err(|e| AccessError::Unavailable(e.to_string()))
+                    .map_err(AccessError::Unavailable)
             }
             Err(AccessError::Denied(_)) => Ok(()), // the gate recorded it
             Err(e) => {

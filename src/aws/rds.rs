@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sigv4::http_request::{
     SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
 };
@@ -20,10 +21,12 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(900);
 /// Why no token could be made. Never carries credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("no AWS credentials for RDS IAM authentication: no credential provider configured")]
+    NoProvider,
     #[error("no AWS credentials for RDS IAM authentication: {0}")]
-    Credentials(String),
+    Credentials(#[source] CredentialsError),
     #[error("signing the RDS IAM token failed: {0}")]
-    Signing(String),
+    Signing(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Aws {
@@ -35,14 +38,11 @@ impl Aws {
         port: u16,
         user: &str,
     ) -> Result<SecretString, Error> {
-        let provider = self
-            .sdk()
-            .credentials_provider()
-            .ok_or_else(|| Error::Credentials("no credential provider configured".into()))?;
+        let provider = self.sdk().credentials_provider().ok_or(Error::NoProvider)?;
         let credentials = provider
             .provide_credentials()
             .await
-            .map_err(|e| Error::Credentials(e.to_string()))?;
+            .map_err(Error::Credentials)?;
         auth_token(
             host,
             port,
@@ -74,10 +74,10 @@ pub fn auth_token(
         .time(time)
         .settings(settings)
         .build()
-        .map_err(|e| Error::Signing(e.to_string()))?
+        .map_err(|e| Error::Signing(e.into()))?
         .into();
     let mut url = url::Url::parse(&format!("https://{host}:{port}/?Action=connect"))
-        .map_err(|e| Error::Signing(e.to_string()))?;
+        .map_err(|e| Error::Signing(e.into()))?;
     url.query_pairs_mut().append_pair("DBUser", user);
     let request = SignableRequest::new(
         "GET",
@@ -85,9 +85,9 @@ pub fn auth_token(
         std::iter::empty(),
         SignableBody::Bytes(&[]),
     )
-    .map_err(|e| Error::Signing(e.to_string()))?;
+    .map_err(|e| Error::Signing(e.into()))?;
     let (instructions, _signature) = sign(request, &params)
-        .map_err(|e| Error::Signing(e.to_string()))?
+        .map_err(|e| Error::Signing(e.into()))?
         .into_parts();
     {
         let mut query = url.query_pairs_mut();

@@ -38,14 +38,22 @@ pub enum Error {
     Config(String),
     #[error("the broker cannot get the database credential: {0}")]
     Credential(String),
+    #[error("the broker cannot get the database credential: {0}")]
+    Secret(#[from] crate::aws::secrets::Error),
+    #[error("the broker cannot get the database credential: {0}")]
+    RdsToken(#[from] crate::aws::rds::Error),
     #[error("cannot reach the database at {address}: {reason}")]
     Unreachable { address: String, reason: String },
     #[error("TLS to the database failed: {0}")]
     Tls(String),
+    #[error("TLS to the database failed: {0}")]
+    TlsIo(#[source] std::io::Error),
     #[error("the database refused the broker's login ({sqlstate}: {message})")]
     Refused { sqlstate: String, message: String },
     #[error("the database broke the protocol: {0}")]
     Protocol(String),
+    #[error("the database broke the protocol: {0}")]
+    Message(#[from] super::protocol::ProtocolError),
 }
 
 impl Error {
@@ -294,8 +302,7 @@ impl Upstreams {
                     .await
                     .map_err(|_| {
                         Error::Credential(format!("reading secret {secret_id:?} timed out"))
-                    })?
-                    .map_err(|e| Error::Credential(e.to_string()))?;
+                    })??;
                 let user = target.db_user.clone().or(secret.username).ok_or_else(|| {
                     Error::Config(format!(
                         "set db_user: secret {secret_id:?} does not name a username"
@@ -315,8 +322,7 @@ impl Upstreams {
                         .await
                         .map_err(|_| {
                             Error::Credential("signing the RDS IAM token timed out".into())
-                        })?
-                        .map_err(|e| Error::Credential(e.to_string()))?;
+                        })??;
                 Login {
                     user: db_user.clone(),
                     password: token,
@@ -495,12 +501,11 @@ async fn client_tls<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let failed = |e: std::io::Error| Error::Tls(e.to_string());
     io.write_all(&protocol::ssl_request())
         .await
-        .map_err(failed)?;
+        .map_err(Error::TlsIo)?;
     let mut answer = [0u8; 1];
-    io.read_exact(&mut answer).await.map_err(failed)?;
+    io.read_exact(&mut answer).await.map_err(Error::TlsIo)?;
     match answer[0] {
         b'S' => {}
         b'N' => return Err(Error::Tls("the database does not offer TLS".into())),
@@ -510,7 +515,7 @@ where
     connector
         .connect(server_name, io)
         .await
-        .map_err(|e| Error::Tls(e.to_string()))
+        .map_err(Error::TlsIo)
 }
 
 type LoggedIn = (Stream, Vec<u8>, u8, i32, Vec<u8>);
@@ -542,8 +547,7 @@ async fn login_on(
         let (tag, body) = read_message(&mut stream, MAX_STARTUP_MESSAGE)
             .await
             .map_err(io)?;
-        let message =
-            protocol::parse_backend(tag, &body).map_err(|e| Error::Protocol(e.to_string()))?;
+        let message = protocol::parse_backend(tag, &body)?;
         let reply = match message {
             Backend::Authentication(Auth::Ok) => None,
             Backend::Authentication(Auth::Cleartext) => Some(protocol::password_message(password)),

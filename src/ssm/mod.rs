@@ -168,17 +168,27 @@ pub enum Event {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid stream URL: {0}")]
-    Url(String),
+    Url(#[from] url::ParseError),
+    #[error("invalid stream URL: scheme {0:?} is not ws or wss")]
+    UrlScheme(String),
     #[error("connecting the data channel to {host}: {reason}")]
     Connect { host: String, reason: String },
     #[error("the data channel handshake timed out")]
     HandshakeTimeout,
     #[error("data channel handshake: {0}")]
     Handshake(String),
+    #[error("data channel handshake: {0}")]
+    HandshakeMessage(#[source] codec::Error),
+    #[error("data channel handshake: {what}: {source}")]
+    HandshakeJson {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("the agent asked for session type {0:?}, which is not supported")]
     SessionType(String),
     #[error("session encryption: {0}")]
-    Encryption(String),
+    Encryption(#[source] EncryptionError),
     #[error("message {sequence} was not acknowledged after {attempts} retransmissions")]
     ResendTimeout { sequence: i64, attempts: u32 },
     #[error("the data channel was lost and could not be resumed: {0}")]
@@ -191,6 +201,23 @@ pub enum Error {
     Closed,
     #[error(transparent)]
     Codec(#[from] codec::Error),
+}
+
+/// Why session encryption failed. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum EncryptionError {
+    #[error("the agent requires KMS encryption and no KMS access is configured")]
+    NotConfigured,
+    #[error("generating a data key: {0}")]
+    DataKey(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("challenge without a data key")]
+    NoDataKey,
+    #[error("challenge: {0}")]
+    ChallengeEncoding(#[source] base64::DecodeError),
+    #[error("challenge: {0}")]
+    Challenge(#[source] crypto::Error),
+    #[error(transparent)]
+    Cipher(#[from] crypto::Error),
 }
 
 /// A connected data channel after its handshake.
@@ -382,7 +409,7 @@ impl Input {
             Some(cipher) => {
                 let sealed = cipher
                     .seal(parts)
-                    .map_err(|e| Error::Encryption(e.to_string()))?;
+                    .map_err(|e| Error::Encryption(e.into()))?;
                 Ok(stream_frame(PayloadType::Output, &[&sealed]))
             }
         }

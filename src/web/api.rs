@@ -186,7 +186,7 @@ fn aws_error(e: crate::aws::credentials::AccessError) -> Error {
         AccessError::NotFound(m) => Error::NotFound(m),
         AccessError::Denied(denied) => Error::Forbidden(denied.to_string()),
         AccessError::Upstream { message, .. } => Error::BadGateway(message),
-        AccessError::Unavailable(m) => Error::Unavailable(m),
+        AccessError::Unavailable(e) => Error::Unavailable(e.to_string()),
     }
 }
 

@@ -12,13 +12,13 @@ use crate::ssm::codec::{
     ProcessedClientAction, SessionTypeRequest,
 };
 use crate::ssm::crypto::{Cipher, DataKeyRequest};
-use crate::ssm::{Error, Info, SessionType};
+use crate::ssm::{EncryptionError, Error, Info, SessionType};
 
 impl Engine {
     pub(super) async fn on_handshake_request(&mut self, message: &ClientMessage) {
         let request: HandshakeRequest = match message.json("handshake request") {
             Ok(request) => request,
-            Err(e) => return self.fail(Error::Handshake(e.to_string())),
+            Err(e) => return self.fail(Error::HandshakeMessage(e)),
         };
         let mut actions = Vec::new();
         let mut errors = Vec::new();
@@ -105,8 +105,11 @@ impl Engine {
         &self,
         parameters: &serde_json::Value,
     ) -> Result<(SessionType, serde_json::Value), Error> {
-        let request: SessionTypeRequest = serde_json::from_value(parameters.clone())
-            .map_err(|e| Error::Handshake(format!("session type: {e}")))?;
+        let request: SessionTypeRequest =
+            serde_json::from_value(parameters.clone()).map_err(|source| Error::HandshakeJson {
+                what: "session type",
+                source,
+            })?;
         let kind = SessionType::parse(&request.session_type)
             .ok_or_else(|| Error::SessionType(request.session_type.clone()))?;
         Ok((kind, request.properties))
@@ -116,12 +119,13 @@ impl Engine {
         &mut self,
         parameters: &serde_json::Value,
     ) -> Result<(String, Vec<u8>), Error> {
-        let request: KmsEncryptionRequest = serde_json::from_value(parameters.clone())
-            .map_err(|e| Error::Handshake(format!("KMS encryption: {e}")))?;
+        let request: KmsEncryptionRequest =
+            serde_json::from_value(parameters.clone()).map_err(|source| Error::HandshakeJson {
+                what: "KMS encryption",
+                source,
+            })?;
         let Some(keys) = self.options.data_keys.clone() else {
-            return Err(Error::Encryption(
-                "the agent requires KMS encryption and no KMS access is configured".to_owned(),
-            ));
+            return Err(Error::Encryption(EncryptionError::NotConfigured));
         };
         let key = keys
             .generate(DataKeyRequest {
@@ -130,9 +134,8 @@ impl Engine {
                 target_id: &self.options.target_id,
             })
             .await
-            .map_err(|e| Error::Encryption(format!("generating a data key: {e}")))?;
-        let cipher =
-            Cipher::client(&key.plaintext).map_err(|e| Error::Encryption(e.to_string()))?;
+            .map_err(|e| Error::Encryption(EncryptionError::DataKey(e)))?;
+        let cipher = Cipher::client(&key.plaintext).map_err(|e| Error::Encryption(e.into()))?;
         self.cipher = Some(Arc::new(cipher));
         Ok((request.kms_key_id, key.ciphertext_blob))
     }
@@ -142,17 +145,17 @@ impl Engine {
             let cipher = self
                 .cipher
                 .clone()
-                .ok_or_else(|| Error::Encryption("challenge without a data key".to_owned()))?;
+                .ok_or(Error::Encryption(EncryptionError::NoDataKey))?;
             let request: EncryptionChallenge = message.json("encryption challenge")?;
             let sealed = base64::engine::general_purpose::STANDARD
                 .decode(&request.challenge)
-                .map_err(|e| Error::Encryption(format!("challenge: {e}")))?;
+                .map_err(|e| Error::Encryption(EncryptionError::ChallengeEncoding(e)))?;
             let challenge = cipher
                 .open(&sealed)
-                .map_err(|e| Error::Encryption(format!("challenge: {e}")))?;
+                .map_err(|e| Error::Encryption(EncryptionError::Challenge(e)))?;
             let answer = cipher
                 .seal(&[&challenge])
-                .map_err(|e| Error::Encryption(e.to_string()))?;
+                .map_err(|e| Error::Encryption(e.into()))?;
             let response = EncryptionChallenge {
                 challenge: base64::engine::general_purpose::STANDARD.encode(answer),
             };

@@ -58,12 +58,9 @@ pub(super) async fn connect(
     token: &SecretString,
     options: Options,
 ) -> Result<Session, Error> {
-    let url = Url::parse(stream_url).map_err(|e| Error::Url(e.to_string()))?;
+    let url = Url::parse(stream_url)?;
     if !matches!(url.scheme(), "ws" | "wss") {
-        return Err(Error::Url(format!(
-            "scheme {:?} is not ws or wss",
-            url.scheme()
-        )));
+        return Err(Error::UrlScheme(url.scheme().to_owned()));
     }
     let socket = open_socket(&url, token, &options).await?;
     let options = Arc::new(options);
@@ -361,7 +358,7 @@ impl Engine {
             Ok(plain) => Some(Bytes::from(plain)),
             Err(e) => {
                 // Acknowledged already, so it cannot be fetched again.
-                self.fail(Error::Encryption(e.to_string()));
+                self.fail(Error::Encryption(e.into()));
                 None
             }
         }
