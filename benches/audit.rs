@@ -103,7 +103,9 @@ async fn run() -> anyhow::Result<()> {
     writer.await?;
 
     // 2. Verify the whole chain.
-    let report = pam::audit::verify::verify(&db, &keys.audit.public_bytes(), |_| {}).await?;
+    let options = pam::audit::verify::Options::default();
+    let report =
+        pam::audit::verify::verify(&db, &keys.audit.public_bytes(), &options, |_| {}).await?;
     assert!(report.ok(), "{:?}", report.problems.first());
     println!(
         "verify: {} events in {:.2}s = {:.0} events/s",

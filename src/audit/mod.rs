@@ -28,6 +28,7 @@ pub struct Audit {
     tx: mpsc::Sender<Message>,
     db: Db,
     fail_closed: bool,
+    checkpoint_interval: Duration,
 }
 
 /// The writer task; run it with [`Writer::run`].
@@ -61,6 +62,7 @@ pub fn start(
         tx,
         db: db.clone(),
         fail_closed: config.fail_closed,
+        checkpoint_interval: config.checkpoint_interval.0,
     };
     let writer = Writer {
         rx,
@@ -80,7 +82,8 @@ impl Audit {
     /// while the writer's queue is full). The caller decides when to wait
     /// for durability with [`Pending::wait`]: hot paths keep appends off
     /// their critical path and wait at their own commit points.
-    pub async fn submit(&self, event: AuditEvent) -> Result<Pending, AuditError> {
+    pub async fn submit(&self, mut event: AuditEvent) -> Result<Pending, AuditError> {
+        event.make_safe();
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Message::Record(event, done))
@@ -93,7 +96,8 @@ impl Audit {
     }
 
     /// Appends `event` and waits until it is durable. Returns its place in the chain.
-    pub async fn record(&self, event: AuditEvent) -> Result<i64, AuditError> {
+    pub async fn record(&self, mut event: AuditEvent) -> Result<i64, AuditError> {
+        event.make_safe();
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Message::Record(event, done))
@@ -105,7 +109,8 @@ impl Audit {
     /// Queues `event` and returns at once; [`Pending::confirm`] waits until it
     /// is durable. Events are appended in the order they are queued, so a
     /// later event that was confirmed implies this one is durable too.
-    pub async fn enqueue(&self, event: AuditEvent) -> Pending {
+    pub async fn enqueue(&self, mut event: AuditEvent) -> Pending {
+        event.make_safe();
         let (done, wait) = oneshot::channel();
         let sent = self.tx.send(Message::Record(event, done)).await.is_ok();
         Pending {
@@ -118,7 +123,8 @@ impl Audit {
     /// until all are durable.
     pub async fn record_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
         let mut waits = Vec::with_capacity(events.len());
-        for event in events {
+        for mut event in events {
+            event.make_safe();
             let (done, wait) = oneshot::channel();
             self.tx
                 .send(Message::Record(event, done))
@@ -185,13 +191,39 @@ impl Audit {
         store::audit::get(&self.db, id).await
     }
 
-    /// Walks the whole chain (see [`verify::verify`]).
+    /// Walks the whole chain (see [`verify::verify`]), checking that this
+    /// broker's checkpoints keep up and, given one, that a head saved
+    /// earlier is still there.
     pub async fn verify(
         &self,
         public_key: &[u8],
+        expect: Option<verify::Expected>,
+        recordings_dir: Option<std::path::PathBuf>,
         progress: impl FnMut(i64),
     ) -> Result<verify::Report, store::Error> {
-        verify::verify(&self.db, public_key, progress).await
+        let options = verify::Options {
+            checkpoint_interval: Some(self.checkpoint_interval),
+            expect,
+            recordings_dir,
+        };
+        verify::verify(&self.db, public_key, &options, progress).await
+    }
+
+    /// `session_id`'s recording as its chained `session.end` describes it.
+    pub async fn sealed_recording(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<verify::Sealed>, store::Error> {
+        verify::sealed_recording(&self.db, session_id).await
+    }
+
+    /// The end of the chain as the head row holds it.
+    pub async fn head_point(&self) -> Result<verify::Expected, store::Error> {
+        let head = store::audit::head(&self.db).await?;
+        Ok(verify::Expected {
+            seq: head.seq,
+            hash: head.hash,
+        })
     }
 
     /// The end of the chain and the newest signed checkpoint, with whether
@@ -347,56 +379,54 @@ impl Writer {
         }
     }
 
+    /// Appends `batch` in one transaction. When the store refuses it (a
+    /// value it cannot hold, not an outage), the cause is one of its events:
+    /// the batch is retried member by member, so that an event the store refuses fails alone (its caller
+    /// learns it, and the refusal itself is recorded as `audit.write_failed`)
+    /// and never costs another caller's event.
     async fn flush(
         &self,
         batch: &mut Vec<(AuditEvent, oneshot::Sender<Result<i64, AuditError>>)>,
         failing: &mut bool,
     ) {
-        let every = i64::try_from(self.checkpoint_every).unwrap_or(i64::MAX);
-        let key = &self.key;
         let events: Vec<&AuditEvent> = batch.iter().map(|(e, _)| e).collect();
-        let now = now_us();
-        let result = store::audit::append(&self.db, &self.node, now, |head| {
-            let mut prepared = store::audit::Prepared::default();
-            let mut prev = head.hash;
-            for (i, event) in events.iter().enumerate() {
-                let seq = head.seq + 1 + i as i64;
-                let record = chain::chain(event, seq, &prev);
-                if seq % every == 0 {
-                    prepared
-                        .checkpoints
-                        .push(chain::sign_checkpoint(key, seq, now, &record.hash));
-                }
-                prev.clone_from(&record.hash);
-                prepared.events.push(record);
-            }
-            prepared
-        })
-        .await;
-        match result {
+        match self.append(&events).await {
             Ok(head) => {
-                if *failing {
-                    tracing::info!("audit trail writable again");
-                    *failing = false;
-                }
-                Metrics::add(&self.metrics.audit_appends, batch.len() as u64);
-                Metrics::inc(&self.metrics.audit_batches);
+                self.writable(failing);
                 let first = head.seq - batch.len() as i64 + 1;
                 for (i, (event, reply)) in batch.drain(..).enumerate() {
-                    let seq = first + i as i64;
-                    tracing::info!(
-                        target: "audit",
-                        seq,
-                        id = %event.id,
-                        kind = event.kind.as_str(),
-                        actor = event.actor.as_deref(),
-                        source_ip = event.source_ip.as_deref(),
-                        target = event.target.as_deref(),
-                        session_id = event.session_id.as_deref(),
-                        outcome = event.outcome.as_str(),
-                        details = %event.details,
-                    );
-                    let _ = reply.send(Ok(seq));
+                    acknowledge(&event, first + i as i64, reply);
+                }
+                Metrics::inc(&self.metrics.audit_batches);
+            }
+            Err(e) if e.is_refusal() => {
+                if batch.len() > 1 {
+                    tracing::warn!(error = %e, events = batch.len(), "audit batch refused; appending its events one by one");
+                }
+                let mut down: Option<AuditError> = None;
+                for (event, reply) in batch.drain(..) {
+                    if let Some(error) = &down {
+                        Metrics::inc(&self.metrics.audit_errors);
+                        let _ = reply.send(Err(error.clone()));
+                        continue;
+                    }
+                    match self.append(&[&event]).await {
+                        Ok(head) => {
+                            self.writable(failing);
+                            Metrics::inc(&self.metrics.audit_batches);
+                            acknowledge(&event, head.seq, reply);
+                        }
+                        Err(e) if e.is_refusal() => self.refused(event, e, reply).await,
+                        // The store is unavailable: not this event's fault.
+                        Err(e) => {
+                            tracing::error!(error = %e, "audit append failed");
+                            *failing = true;
+                            Metrics::inc(&self.metrics.audit_errors);
+                            let error = AuditError::Unavailable(e.to_string());
+                            let _ = reply.send(Err(error.clone()));
+                            down = Some(error);
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -413,6 +443,81 @@ impl Writer {
         }
     }
 
+    /// Chains `events` onto the head in one transaction, signing the
+    /// checkpoints that fall in it.
+    async fn append(&self, events: &[&AuditEvent]) -> Result<store::audit::Head, store::Error> {
+        let every = i64::try_from(self.checkpoint_every).unwrap_or(i64::MAX);
+        let key = &self.key;
+        let now = now_us();
+        let head = store::audit::append(&self.db, &self.node, now, |head| {
+            let mut prepared = store::audit::Prepared::default();
+            let mut prev = head.hash;
+            for (i, event) in events.iter().enumerate() {
+                let seq = head.seq + 1 + i as i64;
+                let record = chain::chain(event, seq, &prev);
+                if seq % every == 0 {
+                    prepared
+                        .checkpoints
+                        .push(chain::sign_checkpoint(key, seq, now, &record.hash));
+                }
+                prev.clone_from(&record.hash);
+                prepared.events.push(record);
+            }
+            prepared
+        })
+        .await?;
+        Metrics::add(&self.metrics.audit_appends, events.len() as u64);
+        Ok(head)
+    }
+
+    fn writable(&self, failing: &mut bool) {
+        if *failing {
+            tracing::info!("audit trail writable again");
+            *failing = false;
+        }
+    }
+
+    /// The store refused `event` alone while it takes others. Its caller
+    /// gets the error (a gated action is refused); the trail gets an
+    /// `audit.write_failed` event naming it, every string ASCII-escaped,
+    /// so that the refusal is evidence too.
+    async fn refused(
+        &self,
+        event: AuditEvent,
+        error: store::Error,
+        reply: oneshot::Sender<Result<i64, AuditError>>,
+    ) {
+        Metrics::inc(&self.metrics.audit_errors);
+        tracing::error!(error = %error, id = %event.id, kind = event.kind.as_str(), "audit event refused by the store");
+        let ascii = |text: &str| {
+            crate::domain::audit::safe_text(&text.escape_default().to_string(), 4096).into_owned()
+        };
+        let mut failure = AuditEvent::new(
+            crate::domain::audit::EventKind::AuditWriteFailed,
+            crate::domain::audit::Outcome::Failure,
+        )
+        .details(serde_json::json!({
+            "event_id": event.id.to_string(),
+            "kind": event.kind.as_str(),
+            "outcome": event.outcome.as_str(),
+            "error": ascii(&error.to_string()),
+            "details": ascii(&chain::canonical_json(&event.details)),
+        }));
+        failure.actor = event.actor.as_deref().map(ascii);
+        failure.source_ip = event.source_ip.as_deref().map(ascii);
+        failure.target = event.target.as_deref().map(ascii);
+        failure.session_id = event.session_id.as_deref().map(ascii);
+        match self.append(&[&failure]).await {
+            Ok(head) => acknowledge(&failure, head.seq, oneshot::channel().0),
+            Err(e) => {
+                tracing::error!(error = %e, id = %event.id, "audit.write_failed could not be recorded either")
+            }
+        }
+        let _ = reply.send(Err(AuditError::Unavailable(format!(
+            "the store refused this event: {error}"
+        ))));
+    }
+
     async fn checkpoint_head(&self) {
         let key = &self.key;
         let result = store::audit::checkpoint_head(&self.db, &self.node, |head| {
@@ -425,4 +530,22 @@ impl Writer {
             Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
         }
     }
+}
+
+/// Tells the caller where its event landed, and mirrors the event to the
+/// `audit` tracing target.
+fn acknowledge(event: &AuditEvent, seq: i64, reply: oneshot::Sender<Result<i64, AuditError>>) {
+    tracing::info!(
+        target: "audit",
+        seq,
+        id = %event.id,
+        kind = event.kind.as_str(),
+        actor = event.actor.as_deref(),
+        source_ip = event.source_ip.as_deref(),
+        target = event.target.as_deref(),
+        session_id = event.session_id.as_deref(),
+        outcome = event.outcome.as_str(),
+        details = %event.details,
+    );
+    let _ = reply.send(Ok(seq));
 }

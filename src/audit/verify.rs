@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::audit::chain;
-use crate::domain::audit::{Checkpoint, EventRecord};
+use crate::domain::audit::{Checkpoint, EventFilter, EventKind, EventRecord};
 use crate::store::{self, Db};
 
 /// Events read per query.
@@ -26,6 +26,50 @@ pub enum ProblemKind {
     Checkpoint,
     /// The head (end of chain) disagrees with the events.
     Truncated,
+    /// A head an auditor saved (`--expect SEQ:HASH`) is no longer in the
+    /// store: the trail was cut or rewritten after it.
+    Expected,
+    /// Events newer than the newest checkpoint are older than twice
+    /// `audit.checkpoint_interval`: a live broker would have sealed them.
+    Unsealed,
+    /// A recording no longer has the SHA-256 its chained `session.end`
+    /// holds.
+    Recording,
+}
+
+/// What a verification checks besides the chain itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `audit.checkpoint_interval`: events left unsealed for twice as long
+    /// are a problem. `None`: not checked.
+    pub checkpoint_interval: Option<Duration>,
+    /// A head saved earlier (`pam audit head`) that must still be there.
+    pub expect: Option<Expected>,
+    /// Where recordings live: each one is checked against the SHA-256 of
+    /// its session's chained `session.end`. `None`: not checked.
+    pub recordings_dir: Option<std::path::PathBuf>,
+}
+
+/// A point of the chain as `pam audit head` prints it: `SEQ:HASH` (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub seq: i64,
+    pub hash: Vec<u8>,
+}
+
+impl Expected {
+    pub fn parse(token: &str) -> Option<Self> {
+        let (seq, hash) = token.trim().split_once(':')?;
+        let seq = seq.parse::<i64>().ok().filter(|s| *s >= 0)?;
+        let hash = hex::decode(hash).ok().filter(|h| h.len() == 32)?;
+        Some(Self { seq, hash })
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, hex::encode(&self.hash))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +86,12 @@ pub struct Report {
     pub checkpoints: usize,
     pub last_checkpoint: Option<Checkpoint>,
     pub head_seq: i64,
+    /// The newest checkpoint in the store once the walk was over, if it
+    /// verifies, and its age then.
+    pub newest_checkpoint: Option<(Checkpoint, Duration)>,
+    /// Recordings hashed and found as sealed, and those not on this host.
+    pub recordings_checked: u64,
+    pub recordings_missing: u64,
     pub problems: Vec<Problem>,
     pub elapsed: Duration,
 }
@@ -63,6 +113,7 @@ impl fmt::Display for Problem {
 pub async fn verify(
     db: &Db,
     public_key: &[u8],
+    options: &Options,
     mut progress: impl FnMut(i64),
 ) -> Result<Report, store::Error> {
     let started = Instant::now();
@@ -251,15 +302,217 @@ pub async fn verify(
             });
         }
     }
+    if let Some(expected) = &options.expect {
+        let found = store::audit::range(db, expected.seq, 1).await?;
+        let genesis = expected.seq == 0 && expected.hash == chain::GENESIS;
+        let held = genesis
+            || found
+                .first()
+                .is_some_and(|e| e.seq == expected.seq && e.hash == expected.hash);
+        if !held {
+            problems.push(Problem {
+                kind: ProblemKind::Expected,
+                seq: expected.seq,
+                event_id: found.first().filter(|e| e.seq == expected.seq).map(|e| e.id.clone()),
+                message: match found.first().filter(|e| e.seq == expected.seq) {
+                    Some(_) => format!(
+                        "the expected head {expected} was rewritten: the event at seq {} has another hash now",
+                        expected.seq
+                    ),
+                    None => format!(
+                        "the expected head {expected} is no longer in the store: the trail was cut (it ends at seq {last_seq})"
+                    ),
+                },
+            });
+        }
+    }
+    let newest_checkpoint = newest_checkpoint(db, public_key).await?;
+    if let Some(interval) = options.checkpoint_interval {
+        let sealed = newest_checkpoint.as_ref().map_or(0, |(c, _)| c.seq);
+        let oldest_unsealed = store::audit::range(db, sealed + 1, 1).await?;
+        let limit = interval.saturating_mul(2);
+        if let Some(event) = oldest_unsealed.first() {
+            let age = age_of(event.time_us);
+            if age > limit {
+                let newest = match &newest_checkpoint {
+                    Some((c, age)) => format!(
+                        "the newest checkpoint (seq {}) is {} old",
+                        c.seq,
+                        human(*age)
+                    ),
+                    None => "there is no valid checkpoint".to_owned(),
+                };
+                problems.push(Problem {
+                    kind: ProblemKind::Unsealed,
+                    seq: event.seq,
+                    event_id: Some(event.id.clone()),
+                    message: format!(
+                        "events from seq {} on are {} old and no checkpoint seals them ({newest}; a live broker checkpoints every {}): checkpoints were deleted or the broker stopped signing",
+                        event.seq,
+                        human(age),
+                        human(interval)
+                    ),
+                });
+            }
+        }
+    }
+    let (mut recordings_checked, mut recordings_missing) = (0, 0);
+    if let Some(dir) = &options.recordings_dir {
+        let mut after = 0;
+        loop {
+            let filter = EventFilter {
+                kinds: vec![EventKind::SessionEnd.as_str().to_owned()],
+                after_seq: Some(after),
+                ascending: true,
+                limit: 1000,
+                ..EventFilter::default()
+            };
+            let page = store::audit::list(db, &filter).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for event in &page {
+                let Some(sealed) = Sealed::of(event) else {
+                    continue;
+                };
+                let Some(path) = sealed.path(dir) else {
+                    continue;
+                };
+                match file_sha256(path).await {
+                    None => recordings_missing += 1,
+                    Some(actual) if actual == sealed.sha256 => recordings_checked += 1,
+                    Some(_) => problems.push(Problem {
+                        kind: ProblemKind::Recording,
+                        seq: event.seq,
+                        event_id: Some(event.id.clone()),
+                        message: format!(
+                            "the recording of session {} ({}) no longer has the SHA-256 its session.end (seq {}) holds: it was changed",
+                            event.session_id.as_deref().unwrap_or("?"),
+                            sealed.recording,
+                            event.seq
+                        ),
+                    }),
+                }
+            }
+        }
+    }
     problems.sort_by_key(|p| p.seq);
     Ok(Report {
         events: checked,
         checkpoints: valid_checkpoints,
         last_checkpoint,
         head_seq: head.seq,
+        newest_checkpoint,
+        recordings_checked,
+        recordings_missing,
         problems,
         elapsed: started.elapsed(),
     })
+}
+
+/// A recording as the chained `session.end` of its session describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// Relative to the recordings directory.
+    pub recording: String,
+    pub sha256: String,
+}
+
+impl Sealed {
+    pub fn of(event: &EventRecord) -> Option<Self> {
+        let details: serde_json::Value = serde_json::from_str(&event.details).ok()?;
+        Some(Self {
+            recording: details["recording"].as_str()?.to_owned(),
+            sha256: details["recording_sha256"].as_str()?.to_owned(),
+        })
+    }
+
+    /// The file under `dir`, when the recorded path stays inside it.
+    pub fn path(&self, dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        let relative = std::path::Path::new(&self.recording);
+        relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            .then(|| dir.join(relative))
+    }
+}
+
+/// What the chain says about `session_id`'s recording: from its oldest
+/// `session.end` (the chain is what an insider cannot rewrite unseen, unlike
+/// the `sessions` row). `None` while the session has not ended, or when it
+/// had no recording.
+pub async fn sealed_recording(db: &Db, session_id: &str) -> Result<Option<Sealed>, store::Error> {
+    let filter = EventFilter {
+        kinds: vec![EventKind::SessionEnd.as_str().to_owned()],
+        session_id: Some(session_id.to_owned()),
+        ascending: true,
+        limit: 1,
+        ..EventFilter::default()
+    };
+    Ok(store::audit::list(db, &filter)
+        .await?
+        .first()
+        .and_then(Sealed::of))
+}
+
+/// The hex SHA-256 of a file, `None` when it cannot be read.
+pub async fn file_sha256(path: std::path::PathBuf) -> Option<String> {
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).ok()?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buffer).ok()?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+        Some(hex::encode(hasher.finalize()))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The newest checkpoint in the store whose signature holds and whose
+/// event is still there with that hash, and its age. Read after the walk,
+/// so that a long walk of a live trail sees the broker's latest one.
+async fn newest_checkpoint(
+    db: &Db,
+    public_key: &[u8],
+) -> Result<Option<(Checkpoint, Duration)>, store::Error> {
+    let mut all = store::audit::checkpoints(db).await?;
+    while let Some(checkpoint) = all.pop() {
+        if !chain::checkpoint_valid(public_key, &checkpoint) {
+            continue;
+        }
+        let sealed = store::audit::range(db, checkpoint.seq, 1).await?;
+        if sealed
+            .first()
+            .is_some_and(|e| e.seq == checkpoint.seq && e.hash == checkpoint.hash)
+        {
+            let age = age_of(checkpoint.time_us);
+            return Ok(Some((checkpoint, age)));
+        }
+    }
+    Ok(None)
+}
+
+fn age_of(time_us: i64) -> Duration {
+    let now = crate::domain::audit::now_us();
+    Duration::from_micros(u64::try_from(now.saturating_sub(time_us)).unwrap_or(0))
+}
+
+/// `1h 2m 3s`, `4m 5s`, `6s`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, s) => format!("{h}h {m}m {s}s"),
+    }
 }
 
 /// Hashes a page on all cores: each event's hash depends only on its own

@@ -12,7 +12,9 @@ use clap::{Args, Subcommand};
 
 use super::StoreArgs;
 use crate::audit::verify;
-use crate::domain::audit::{AuditEvent, EventFilter, EventKind, Outcome, format_us, parse_time};
+use crate::domain::audit::{
+    AuditEvent, EventFilter, EventKind, Outcome, format_us, parse_time, shown,
+};
 use crate::keys::KeyMaterial;
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +31,17 @@ pub enum AuditCommand {
         /// duplicates are fine, gaps and mismatches are reported.
         #[arg(long, value_name = "FILE.jsonl")]
         against: Vec<std::path::PathBuf>,
+        /// A head saved earlier with `pam audit head`: fails unless the
+        /// store still holds that event with that hash.
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_expected)]
+        expect: Option<verify::Expected>,
+    },
+    /// Print the end of the chain as one token `SEQ:HASH`; keep it, and
+    /// `pam audit verify --expect SEQ:HASH` later proves nothing before it
+    /// was cut.
+    Head {
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// List audit events, newest first.
     Events(EventsArgs),
@@ -127,8 +140,15 @@ pub async fn run(command: AuditCommand, env: HashMap<String, String>) -> anyhow:
             store,
             json,
             against,
+            ..
         } if !against.is_empty() => against_command(&store, json, &against, &env).await,
-        AuditCommand::Verify { store, json, .. } => verify_command(&store, json, &env).await,
+        AuditCommand::Verify {
+            store,
+            json,
+            expect,
+            ..
+        } => verify_command(&store, json, expect, &env).await,
+        AuditCommand::Head { store } => head_command(&store, &env).await,
         AuditCommand::Events(args) => events_command(args, false, &env).await,
         AuditCommand::Logins(args) => events_command(args, true, &env).await,
         AuditCommand::Sessions(args) => sessions_command(args, &env).await,
@@ -147,9 +167,43 @@ pub async fn run(command: AuditCommand, env: HashMap<String, String>) -> anyhow:
     }
 }
 
+fn parse_expected(token: &str) -> Result<verify::Expected, String> {
+    verify::Expected::parse(token)
+        .ok_or_else(|| "expected SEQ:HASH (64 hex digits), as `pam audit head` prints".into())
+}
+
+async fn head_command(
+    store: &StoreArgs,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
+    let token = match source(store, env)? {
+        Source::Store(config) => {
+            let db = crate::app::open_store(&config).await?;
+            let head = crate::store::audit::head(&db)
+                .await
+                .context("reading the audit trail")?;
+            db.close().await;
+            verify::Expected {
+                seq: head.seq,
+                hash: head.hash,
+            }
+            .to_string()
+        }
+        Source::Broker(broker) => {
+            let head: serde_json::Value = broker.get("/api/v1/audit/head").await?;
+            let token = head["head"].as_str().unwrap_or_default().to_owned();
+            parse_expected(&token).map_err(anyhow::Error::msg)?;
+            token
+        }
+    };
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn verify_command(
     store: &StoreArgs,
     json: bool,
+    expect: Option<verify::Expected>,
     env: &HashMap<String, String>,
 ) -> anyhow::Result<ExitCode> {
     let config = match source(store, env)? {
@@ -159,7 +213,11 @@ async fn verify_command(
                 "pam: verifying the chain through {} (this walks every event)",
                 broker.url
             );
-            let report: serde_json::Value = broker.get_slow("/api/v1/audit/verify").await?;
+            let path = match &expect {
+                Some(expected) => format!("/api/v1/audit/verify?expect={expected}"),
+                None => "/api/v1/audit/verify".to_owned(),
+            };
+            let report: serde_json::Value = broker.get_slow(&path).await?;
             if json {
                 println!("{report}");
             } else {
@@ -175,7 +233,12 @@ async fn verify_command(
     let keys = KeyMaterial::load(&config.keys_dir())?;
     let db = crate::app::open_store(&config).await?;
     let interactive = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = verify::verify(&db, &keys.audit.public_bytes(), |checked| {
+    let options = verify::Options {
+        checkpoint_interval: Some(config.audit.checkpoint_interval.0),
+        expect,
+        recordings_dir: Some(config.recordings_dir()),
+    };
+    let report = verify::verify(&db, &keys.audit.public_bytes(), &options, |checked| {
         if interactive {
             eprint!("\rverified {checked} events");
         }
@@ -195,6 +258,9 @@ async fn verify_command(
             "last_checkpoint": report.last_checkpoint.as_ref().map(|c| serde_json::json!({
                 "seq": c.seq, "time": format_us(c.time_us), "hash": hex::encode(&c.hash),
             })),
+            "newest_checkpoint": report.newest_checkpoint.as_ref().map(|(c, age)| serde_json::json!({
+                "seq": c.seq, "time": format_us(c.time_us), "age_secs": age.as_secs(),
+            })),
             "elapsed_ms": report.elapsed.as_millis() as u64,
             "problems": report.problems.iter().map(|p| serde_json::json!({
                 "kind": format!("{:?}", p.kind).to_lowercase(),
@@ -205,20 +271,12 @@ async fn verify_command(
         });
         println!("{out}");
     } else if report.ok() {
-        let checkpoint = report
-            .last_checkpoint
-            .as_ref()
-            .map(|c| {
-                format!(
-                    "; last signed checkpoint at seq {} ({})",
-                    c.seq,
-                    format_us(c.time_us)
-                )
-            })
-            .unwrap_or_default();
         println!(
-            "audit trail OK: {} events, {} signed checkpoints verified{checkpoint} ({:.0} events/s)",
-            report.events, report.checkpoints, rate
+            "audit trail OK: {} events, {} signed checkpoints verified{} ({:.0} events/s)",
+            report.events,
+            report.checkpoints,
+            newest_checkpoint(&report),
+            rate
         );
     } else {
         println!(
@@ -227,11 +285,13 @@ async fn verify_command(
             report.events
         );
         for problem in &report.problems {
-            println!("  {problem}");
+            println!("  {}", shown(&problem.to_string()));
         }
+        println!(" {}", newest_checkpoint(&report).trim_start_matches(';'));
         eprintln!(
             "pam: error: audit trail broken at seq {}: {}",
-            report.problems[0].seq, report.problems[0]
+            report.problems[0].seq,
+            shown(&report.problems[0].to_string())
         );
     }
     db.close().await;
@@ -240,6 +300,19 @@ async fn verify_command(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `; newest signed checkpoint at seq N (TIME, 12s old)`, or that there is none.
+fn newest_checkpoint(report: &verify::Report) -> String {
+    match &report.newest_checkpoint {
+        Some((c, age)) => format!(
+            "; newest signed checkpoint at seq {} ({}, {} old)",
+            c.seq,
+            format_us(c.time_us),
+            verify::human(*age)
+        ),
+        None => "; no signed checkpoint yet".to_owned(),
+    }
 }
 
 /// `pam audit verify --against FILE...`: an exported copy against the store.
@@ -301,9 +374,9 @@ async fn against_command(
             report.events
         );
         for problem in &report.problems {
-            println!("  {}", problem.message);
+            println!("  {}", shown(&problem.message));
         }
-        eprintln!("pam: error: {}", report.problems[0].message);
+        eprintln!("pam: error: {}", shown(&report.problems[0].message));
     }
     Ok(if report.ok() {
         ExitCode::SUCCESS
@@ -349,11 +422,20 @@ fn print_remote_report(report: &serde_json::Value) {
         for p in report["problems"].as_array().into_iter().flatten() {
             println!(
                 "  {} at event {}: {}",
-                p["kind"].as_str().unwrap_or("?"),
+                shown(p["kind"].as_str().unwrap_or("?")),
                 p["seq"],
-                p["message"].as_str().unwrap_or("")
+                shown(p["message"].as_str().unwrap_or(""))
             );
         }
+    }
+    let newest = &report["newest_checkpoint"];
+    if newest.is_object() {
+        println!(
+            "newest signed checkpoint at seq {} ({}, {}s old)",
+            newest["seq"],
+            newest["time"].as_str().unwrap_or("?"),
+            newest["age_secs"]
+        );
     }
 }
 
@@ -438,7 +520,9 @@ async fn events_command(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    // Every cell is escaped for the terminal: actors, targets and details
+    // may carry what an unauthenticated client sent.
+    let s = |v: &serde_json::Value| shown(v.as_str().unwrap_or("-")).into_owned();
     if logins {
         writeln!(
             out,
@@ -463,9 +547,9 @@ async fn events_command(
                 s(&e["actor"]),
                 s(&e["outcome"]),
                 s(&e["source_ip"]),
-                amr,
-                d["method"].as_str().unwrap_or("-"),
-                d["reason"].as_str().unwrap_or("")
+                shown(&amr),
+                shown(d["method"].as_str().unwrap_or("-")),
+                shown(d["reason"].as_str().unwrap_or(""))
             )?;
         }
     } else {
@@ -484,7 +568,7 @@ async fn events_command(
                 s(&e["actor"]),
                 s(&e["target"]),
                 s(&e["source_ip"]),
-                e["details"]
+                shown(&e["details"].to_string())
             )?;
         }
     }
@@ -546,14 +630,14 @@ async fn sessions_command(
         writeln!(
             out,
             "{:<36}  {:<8}  {:<28}  {:<18}  {:<27}  {:<8}  {:>10}  {}",
-            s.id,
-            s.kind,
-            s.user_email,
-            s.target,
+            shown(&s.id),
+            shown(&s.kind),
+            shown(&s.user_email),
+            shown(&s.target),
             format_us(s.started_at),
-            s.status,
+            shown(&s.status),
             format!("{}:{:02}:{:02}", secs / 3600, (secs % 3600) / 60, secs % 60),
-            s.end_reason.as_deref().unwrap_or("")
+            shown(s.end_reason.as_deref().unwrap_or(""))
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -621,10 +705,13 @@ async fn play_command(
     if !crate::audit::recording::valid_session_id(session) {
         anyhow::bail!("{session:?} is not a session id");
     }
-    let (record, text) = match source(store, env)? {
+    // The SHA-256 to check comes from the chained session.end, never from
+    // the sessions row (which the database's owner can rewrite unseen).
+    let (record, text, sealed) = match source(store, env)? {
         Source::Store(config) => {
             let db = crate::app::open_store(&config).await?;
             let record = crate::store::sessions::get(&db, session).await?;
+            let sealed = verify::sealed_recording(&db, session).await?;
             db.close().await;
             let record = record.with_context(|| format!("no session {session}"))?;
             let relative = record.recording.clone().with_context(|| {
@@ -637,7 +724,7 @@ async fn play_command(
             let text = tokio::fs::read_to_string(&path)
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
-            (record, text)
+            (record, text, sealed)
         }
         Source::Broker(broker) => {
             let record: crate::domain::session::SessionRecord =
@@ -645,17 +732,38 @@ async fn play_command(
             let bytes = broker
                 .get_bytes(&format!("/api/v1/sessions/{session}/recording"))
                 .await?;
-            (record, String::from_utf8_lossy(&bytes).into_owned())
+            let ends: serde_json::Value = broker
+                .get(&format!(
+                    "/api/v1/audit/events?kind=session.end&session={session}&limit=1000"
+                ))
+                .await?;
+            let sealed = ends["events"]
+                .as_array()
+                .and_then(|events| events.last())
+                .and_then(|end| {
+                    Some(verify::Sealed {
+                        recording: end["details"]["recording"].as_str()?.to_owned(),
+                        sha256: end["details"]["recording_sha256"].as_str()?.to_owned(),
+                    })
+                });
+            (record, String::from_utf8_lossy(&bytes).into_owned(), sealed)
         }
     };
-    if let Some(expected) = &record.recording_sha256 {
-        use sha2::Digest;
-        let actual = hex::encode(sha2::Sha256::digest(text.as_bytes()));
-        if &actual != expected {
-            eprintln!(
-                "pam: warning: the recording does not match the SHA-256 in session.end ({expected}); it was changed"
-            );
+    match &sealed {
+        Some(sealed) => {
+            use sha2::Digest;
+            let actual = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+            if actual != sealed.sha256 {
+                eprintln!(
+                    "pam: warning: the recording does not match the SHA-256 in session.end ({}); it was changed",
+                    sealed.sha256
+                );
+            }
         }
+        None if record.ended_at.is_some() => eprintln!(
+            "pam: warning: the chain holds no SHA-256 for this recording (no session.end with one); it cannot be checked"
+        ),
+        None => {}
     }
     let speed = if speed > 0.0 { speed } else { 1.0 };
     let stdout = std::io::stdout();

@@ -59,10 +59,12 @@ pub enum EventKind {
     ServerStop,
     #[serde(rename = "export.lagging")]
     ExportLagging,
+    #[serde(rename = "audit.write_failed")]
+    AuditWriteFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
         EventKind::LoginLockout,
@@ -87,6 +89,7 @@ impl EventKind {
         EventKind::ServerStart,
         EventKind::ServerStop,
         EventKind::ExportLagging,
+        EventKind::AuditWriteFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +118,7 @@ impl EventKind {
             EventKind::ServerStart => "server.start",
             EventKind::ServerStop => "server.stop",
             EventKind::ExportLagging => "export.lagging",
+            EventKind::AuditWriteFailed => "audit.write_failed",
         }
     }
 
@@ -196,7 +200,7 @@ impl AuditEvent {
     }
 
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
-        self.actor = Some(actor.into());
+        self.actor = Some(safe_field(actor.into()));
         self
     }
 
@@ -206,18 +210,36 @@ impl AuditEvent {
     }
 
     pub fn target(mut self, target: impl Into<String>) -> Self {
-        self.target = Some(target.into());
+        self.target = Some(safe_field(target.into()));
         self
     }
 
     pub fn session(mut self, session_id: impl Into<String>) -> Self {
-        self.session_id = Some(session_id.into());
+        self.session_id = Some(safe_field(session_id.into()));
         self
     }
 
-    pub fn details(mut self, details: Value) -> Self {
+    pub fn details(mut self, mut details: Value) -> Self {
+        safe_value(&mut details);
         self.details = details;
         self
+    }
+
+    /// Makes every string of the event safe to store and to show (see
+    /// [`safe_text`]). The builder methods already do; the trail applies it
+    /// again on entry for fields set directly. Idempotent.
+    pub fn make_safe(&mut self) {
+        for field in [
+            &mut self.actor,
+            &mut self.source_ip,
+            &mut self.target,
+            &mut self.session_id,
+        ] {
+            if let Some(value) = field.take() {
+                *field = Some(safe_field(value));
+            }
+        }
+        safe_value(&mut self.details);
     }
 
     pub fn time(&self) -> OffsetDateTime {
@@ -330,6 +352,99 @@ pub enum AuditError {
     ShuttingDown,
 }
 
+/// Longest `actor`, `source_ip`, `target` or `session_id` kept, in bytes.
+pub const FIELD_MAX: usize = 1024;
+/// Longest string kept inside `details`, in bytes (above the 16 KiB of a
+/// `db.query` statement, whose escapes may lengthen it).
+pub const DETAIL_MAX: usize = 64 * 1024;
+
+/// `text` made safe for every store and every reader, once, where an event
+/// is built: control characters (C0 including NUL, DEL, C1) and the Unicode
+/// bidirectional overrides are escaped, never dropped (`\0`, `\n`, `\r`,
+/// `\t`, else `\u{1b}`), so the evidence stays faithful; longer text than
+/// `max` bytes is cut at a character boundary and ends with the marker
+/// `…[truncated: N bytes]` (N the escaped length). The result holds no
+/// control character and is at most `max` bytes, so applying it again
+/// changes nothing.
+pub fn safe_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    use std::fmt::Write as _;
+    let mut out: Cow<'_, str> = if text.chars().any(needs_escape) {
+        let mut escaped = String::with_capacity(text.len() + 16);
+        for c in text.chars() {
+            match c {
+                '\0' => escaped.push_str("\\0"),
+                '\n' => escaped.push_str("\\n"),
+                '\r' => escaped.push_str("\\r"),
+                '\t' => escaped.push_str("\\t"),
+                c if needs_escape(c) => {
+                    let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
+                }
+                c => escaped.push(c),
+            }
+        }
+        Cow::Owned(escaped)
+    } else {
+        Cow::Borrowed(text)
+    };
+    if out.len() > max {
+        let marker = format!("…[truncated: {} bytes]", out.len());
+        let mut cut = max.saturating_sub(marker.len());
+        while cut > 0 && !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut kept = out[..cut].to_owned();
+        kept.push_str(&marker);
+        out = Cow::Owned(kept);
+    }
+    out
+}
+
+/// `text` for a human reader (a terminal, a CSV cell): every control
+/// character escaped as [`safe_text`] does, nothing cut. Rows written before
+/// events were made safe at the source, and columns outside the chain,
+/// pass through here too.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    safe_text(text, usize::MAX)
+}
+
+/// Control characters and the bidirectional overrides that can reorder
+/// what a reader sees.
+pub fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn safe_field(text: String) -> String {
+    match safe_text(&text, FIELD_MAX) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(safe) => safe,
+    }
+}
+
+/// Every string of a JSON value, keys included, through [`safe_text`].
+fn safe_value(value: &mut Value) {
+    match value {
+        Value::String(text) => {
+            if let std::borrow::Cow::Owned(safe) = safe_text(text, DETAIL_MAX) {
+                *text = safe;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(safe_value),
+        Value::Object(map) => {
+            if map.keys().any(|k| safe_text(k, FIELD_MAX) != k.as_str()) {
+                let old = std::mem::take(map);
+                for (key, mut item) in old {
+                    safe_value(&mut item);
+                    map.insert(safe_text(&key, FIELD_MAX).into_owned(), item);
+                }
+            } else {
+                map.values_mut().for_each(safe_value);
+            }
+        }
+        _ => {}
+    }
+}
+
 pub fn now_us() -> i64 {
     let now = OffsetDateTime::now_utc();
     i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
@@ -366,6 +481,30 @@ mod tests {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
+    }
+
+    #[test]
+    fn hostile_text_is_escaped_capped_and_stays_so() {
+        assert_eq!(safe_text("plain é ✓", 100), "plain é ✓");
+        assert_eq!(
+            safe_text("a\0b\x1b[31m\n\u{9b}\u{202e}", 100),
+            "a\\0b\\u{1b}[31m\\n\\u{9b}\\u{202e}"
+        );
+        let long = "é".repeat(1000);
+        let capped = safe_text(&long, 100);
+        assert!(capped.len() <= 100, "{capped}");
+        assert!(capped.ends_with("…[truncated: 2000 bytes]"), "{capped}");
+        assert_eq!(safe_text(&capped, 100), capped);
+        let escaped = safe_text("\0\0\0", 100);
+        assert_eq!(safe_text(&escaped, 100), escaped);
+        let event = AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
+            .actor("x\0")
+            .details(serde_json::json!({"k\u{1b}": ["v\0", {"n": "\r"}]}));
+        assert_eq!(event.actor.as_deref(), Some("x\\0"));
+        assert_eq!(
+            event.details,
+            serde_json::json!({"k\\u{1b}": ["v\\0", {"n": "\\r"}]})
+        );
     }
 
     #[test]

@@ -54,6 +54,38 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// The store refused what it was given (a value it cannot hold, a
+    /// violated constraint), as opposed to being unavailable, busy or
+    /// locked: retrying the same statement would fail again, while other
+    /// statements may succeed.
+    pub fn is_refusal(&self) -> bool {
+        let Error::Sqlx(sqlx::Error::Database(e)) = self else {
+            return matches!(
+                self,
+                Error::Sqlx(sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. })
+            );
+        };
+        if e.is_unique_violation() || e.is_check_violation() || e.is_foreign_key_violation() {
+            return true;
+        }
+        let code = e.code().unwrap_or_default();
+        if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some()
+        {
+            // Class 22: data exception (a NUL byte, a bad encoding, a value
+            // out of range); class 23: integrity constraint violation;
+            // 54000: program limit exceeded (a row too large).
+            code.starts_with("22") || code.starts_with("23") || code == "54000"
+        } else {
+            // SQLite primary result codes (the extended code's low byte):
+            // 18 TOOBIG, 19 CONSTRAINT, 20 MISMATCH, 25 RANGE.
+            let primary = code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0);
+            matches!(primary, 18 | 19 | 20 | 25)
+        }
+    }
+}
+
 /// Runs the same body against whichever pool `db` holds. The body is
 /// compiled once per backend, so each arm is monomorphic.
 macro_rules! with_db {

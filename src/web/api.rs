@@ -103,6 +103,17 @@ pub async fn sessions(
         crate::domain::policy::Action::ViewAudit,
     )
     .await?;
+    super::trail::record_view(
+        &deps.audit,
+        &principal,
+        &client,
+        "api:sessions",
+        serde_json::json!({
+            "user": q.user, "target": q.target, "kind": q.kind,
+            "status": q.status, "limit": q.limit,
+        }),
+    )
+    .await?;
     let filter = crate::domain::session::SessionFilter {
         user: q.user,
         target: q.target,
@@ -129,6 +140,14 @@ pub async fn session(
         &principal,
         &client,
         crate::domain::policy::Action::ViewAudit,
+    )
+    .await?;
+    super::trail::record_view(
+        &deps.audit,
+        &principal,
+        &client,
+        "api:session",
+        serde_json::json!({"session": id}),
     )
     .await?;
     deps.sessions

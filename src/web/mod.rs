@@ -102,6 +102,7 @@ pub fn router(deps: Deps) -> Router {
         .route("/api/v1/audit/logins", get(trail::api_logins))
         .route("/api/v1/audit/export", get(trail::api_export))
         .route("/api/v1/audit/verify", get(trail::api_verify))
+        .route("/api/v1/audit/head", get(trail::api_head))
         .route("/openapi.json", get(openapi::document))
         .route("/ui", get(ui::root))
         .route("/ui/", get(ui::root))

@@ -356,18 +356,54 @@ pub async fn api_export(
     export(&deps, &auth.principal, &auth.client, q).await
 }
 
-/// `GET /api/v1/audit/verify` (view_audit): walks the whole chain.
+#[derive(Deserialize)]
+pub struct VerifyQuery {
+    /// A head saved earlier (`pam audit head`): `SEQ:HASH`.
+    expect: Option<String>,
+}
+
+/// `GET /api/v1/audit/verify[?expect=SEQ:HASH]` (view_audit): walks the
+/// whole chain.
 pub async fn api_verify(
     auth: Authenticated,
     State(deps): State<Arc<Deps>>,
+    Query(q): Query<VerifyQuery>,
 ) -> Result<Json<Value>, Error> {
-    api_gate(&deps, &auth, "api:verify", &json!({})).await?;
+    let expect = match q.expect.as_deref() {
+        None | Some("") => None,
+        Some(token) => Some(crate::audit::verify::Expected::parse(token).ok_or_else(|| {
+            Error::BadRequest("expect: SEQ:HASH (64 hex digits), as `pam audit head` prints".into())
+        })?),
+    };
+    api_gate(&deps, &auth, "api:verify", &json!({"expect": q.expect})).await?;
     let report = deps
         .audit
-        .verify(&deps.audit_key, |_| {})
+        .verify(
+            &deps.audit_key,
+            expect,
+            Some(deps.recordings_dir.clone()),
+            |_| {},
+        )
         .await
         .map_err(|e| Error::Internal(e.into()))?;
     Ok(Json(report_json(&report)))
+}
+
+/// `GET /api/v1/audit/head` (view_audit): the end of the chain, as the
+/// token `pam audit verify --expect` takes.
+pub async fn api_head(
+    auth: Authenticated,
+    State(deps): State<Arc<Deps>>,
+) -> Result<Json<Value>, Error> {
+    api_gate(&deps, &auth, "api:head", &json!({})).await?;
+    let head = deps
+        .audit
+        .head_point()
+        .await
+        .map_err(|e| Error::Internal(e.into()))?;
+    Ok(Json(
+        json!({"seq": head.seq, "hash": hex::encode(&head.hash), "head": head.to_string()}),
+    ))
 }
 
 /// A verification report as JSON (the API and `pam audit verify --json`).
@@ -382,6 +418,13 @@ pub fn report_json(report: &crate::audit::verify::Report) -> Value {
             "time": format_us(c.time_us),
             "key_id": c.key_id,
         })),
+        "newest_checkpoint": report.newest_checkpoint.as_ref().map(|(c, age)| json!({
+            "seq": c.seq,
+            "time": format_us(c.time_us),
+            "age_secs": age.as_secs(),
+        })),
+        "recordings_checked": report.recordings_checked,
+        "recordings_missing": report.recordings_missing,
         "problems": report.problems.iter().map(|p| json!({
             "kind": format!("{:?}", p.kind).to_lowercase(),
             "seq": p.seq,
@@ -714,11 +757,15 @@ fn write_session(out: &mut String, s: &SessionRecord, format: Format) {
 
 /// One RFC 4180 row. Cells that a spreadsheet would run as a formula get
 /// a leading `'` (CSV injection).
+/// Control characters are escaped ([`crate::domain::audit::shown`]): a
+/// CSV is read in terminals and spreadsheets.
 fn csv_row(out: &mut String, fields: &[&str]) {
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
+        let shown = crate::domain::audit::shown(field);
+        let field = shown.as_ref();
         let guarded;
         let field = if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
             guarded = format!("'{field}");
@@ -746,9 +793,20 @@ mod tests {
         let mut out = String::new();
         csv_row(
             &mut out,
-            &["a", "b,c", "say \"hi\"", "=cmd()", "-1", "x\ny"],
+            &[
+                "a",
+                "b,c",
+                "say \"hi\"",
+                "=cmd()",
+                "-1",
+                "x\ny",
+                "\x1b]0;owned\x07",
+            ],
         );
-        assert_eq!(out, "a,\"b,c\",\"say \"\"hi\"\"\",'=cmd(),'-1,\"x\ny\"\r\n");
+        assert_eq!(
+            out,
+            "a,\"b,c\",\"say \"\"hi\"\"\",'=cmd(),'-1,x\\ny,\\u{1b}]0;owned\\u{7}\r\n"
+        );
     }
 
     #[test]

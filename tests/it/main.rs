@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit_hardening;
 mod audit_trail;
 mod aws;
 mod ecs_exec;

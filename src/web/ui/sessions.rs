@@ -248,15 +248,34 @@ pub async fn session(
     )
 }
 
-/// Whether the recording still has the SHA-256 that `session.end` recorded.
+/// Whether the recording still has the SHA-256 that the chained
+/// `session.end` holds (never the `sessions` row's copy, which an insider
+/// with the database can rewrite along with the file).
 async fn recording_integrity(deps: &Deps, s: &SessionRecord) -> Markup {
     let Ok((_, path)) = trail::recording_path(&deps.sessions, &deps.recordings_dir, &s.id).await
     else {
         return html! {};
     };
-    let Some(expected) = &s.recording_sha256 else {
-        return html! { span.badge { "recording in progress" } };
+    let sealed = match deps.audit.sealed_recording(&s.id).await {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            tracing::error!(error = %e, "reading session.end");
+            return html! { span.badge.danger { "session.end unreadable" } };
+        }
     };
+    let Some(sealed) = sealed else {
+        return if s.ended_at.is_none() {
+            html! { span.badge { "recording in progress" } }
+        } else {
+            html! { span.badge.danger { "NOT SEALED" } " the chain holds no SHA-256 for this recording" }
+        };
+    };
+    let expected = &sealed.sha256;
+    if s.recording_sha256.as_deref() != Some(expected.as_str())
+        || s.recording.as_deref() != Some(sealed.recording.as_str())
+    {
+        return html! { span.badge.danger { "CHANGED" } " the sessions table no longer matches the chained session.end (SHA-256 " code { (expected) } ")" };
+    }
     match tokio::fs::metadata(&path).await {
         Err(_) => html! { span.badge.danger { "recording file missing" } },
         Ok(m) if m.len() > HASH_LIMIT => {

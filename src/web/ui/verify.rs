@@ -161,7 +161,7 @@ pub async fn verify_start(
         let started = now_us();
         let result = deps
             .audit
-            .verify(&deps.audit_key, |checked| {
+            .verify(&deps.audit_key, None, Some(deps.recordings_dir.clone()), |checked| {
                 progress.set(VerifyState::Running {
                     checked,
                     by: by.clone(),
