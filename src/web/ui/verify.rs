@@ -33,7 +33,7 @@ enum VerifyState {
     },
     Done {
         /// `None`: the store could not be read (the broker log says why).
-        report: Option<Report>,
+        report: Option<Box<Report>>,
         by: String,
         at_us: i64,
     },
@@ -161,16 +161,21 @@ pub async fn verify_start(
         let started = now_us();
         let result = deps
             .audit
-            .verify(&deps.audit_key, None, Some(deps.recordings_dir.clone()), |checked| {
-                progress.set(VerifyState::Running {
-                    checked,
-                    by: by.clone(),
-                    started_us: started,
-                })
-            })
+            .verify(
+                &deps.audit_key,
+                None,
+                Some(deps.recordings_dir.clone()),
+                |checked| {
+                    progress.set(VerifyState::Running {
+                        checked,
+                        by: by.clone(),
+                        started_us: started,
+                    })
+                },
+            )
             .await;
         let report = match result {
-            Ok(report) => Some(report),
+            Ok(report) => Some(Box::new(report)),
             Err(e) => {
                 tracing::error!(error = %e, "chain verification failed to run");
                 None
