@@ -168,6 +168,7 @@ pub async fn run_with(
         node.clone(),
         &config.session,
         config.recordings_dir(),
+        config.server.shutdown_grace.0,
     );
     let targets = Arc::new(config.targets.clone());
     identity.set_grants(grants_from_policy(engine.clone(), targets.clone()));
@@ -325,7 +326,8 @@ pub async fn run_with(
     }
     stop_rooms.cancel();
     rooms.close();
-    let grace = config.server.shutdown_grace.0;
+    // Live sessions get the grace period, then end and are recorded.
+    let grace = config.server.shutdown_grace.0 + Duration::from_secs(10);
     if tokio::time::timeout(grace, rooms.wait()).await.is_err() {
         tracing::warn!(
             ?grace,

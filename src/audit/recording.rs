@@ -1,12 +1,20 @@
 //! Terminal recordings in asciicast v2, written as the session runs.
 //!
-//! The session sends events into a bounded queue; a writer task encodes
-//! them, so the relay never waits on JSON or the disk unless the queue is
-//! full. The file is flushed at least every second (a crash loses at most
-//! one second) and fsynced at the end, when its SHA-256 (over exactly the
-//! bytes written) goes into `session.end`.
+//! The session encodes each event into its asciicast line as it sends it
+//! (cheap), and a writer task writes the lines, so the relay never waits on
+//! the disk unless the queue is full. The file is flushed at least every
+//! second (a crash loses at most one second) and fsynced at the end, when
+//! its SHA-256 (over exactly the bytes written) goes into `session.end`.
+//!
+//! Fail closed: past `session.max_recording` the recorder refuses the event
+//! that would cross it (so what is relayed was recorded), and a write error
+//! (a full disk) stops it; either way it tells the session once
+//! ([`Options::on_fault`]), which ends. At most one second and 64 KiB of
+//! output that was taken but not yet written can be lost to a write error;
+//! `session.end` then says so (`recording_error`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,18 +45,111 @@ pub struct Finished {
     pub path: PathBuf,
 }
 
-enum Event {
-    Output(Bytes),
-    Input(Bytes),
-    Resize(u16, u16),
-    Marker(String),
+/// Why a recording stopped taking events before the session ended; the
+/// session must end with it (nothing goes on unrecorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Writing failed (a full disk, an I/O error): the error as text.
+    Write(String),
+    /// The recording reached `session.max_recording` (bytes).
+    Limit(u64),
+}
+
+/// Told once when a recording stops before its session ended.
+pub type OnFault = Box<dyn FnOnce(Fault) + Send>;
+
+/// What a recording may grow to, and whom it tells when it has to stop.
+pub struct Options {
+    /// `session.max_recording`: the recording never grows past this many bytes.
+    pub max_bytes: Option<u64>,
+    /// Called once, before anything is refused, when the recording stops.
+    pub on_fault: OnFault,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            on_fault: Box::new(|_| {}),
+        }
+    }
+}
+
+/// Free space the filesystem of the data_dir must keep for recordings (and,
+/// on SQLite, the store): below it, new sessions are refused and readiness
+/// fails.
+pub const RESERVE: u64 = 4 << 20;
+
+/// Why the filesystem holding `dir` cannot take recordings now (less than
+/// [`RESERVE`] free, or no answer), or `None` when it can.
+pub fn storage_problem(dir: &Path) -> Option<String> {
+    // The directory may not exist yet: ask its nearest existing ancestor.
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent()?;
+    }
+    match rustix::fs::statvfs(probe) {
+        Ok(stat) => {
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            (free < RESERVE).then(|| {
+                format!(
+                    "the broker's data_dir is full ({} KiB free, {} KiB needed)",
+                    free / 1024,
+                    RESERVE / 1024
+                )
+            })
+        }
+        Err(e) => Some(format!("the broker's data_dir cannot be examined: {e}")),
+    }
+}
+
+/// True for an error that means "no space left" (or over quota).
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Handle the session writes through. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<(f64, Event)>,
+    tx: mpsc::Sender<String>,
+    state: Arc<tokio::sync::Mutex<State>>,
+    shared: Arc<Shared>,
     started: Instant,
+}
+
+/// The encoder's state, shared by the clones of a [`Recorder`]; held while
+/// a line is queued so lines keep their order.
+struct State {
+    carry_out: Vec<u8>,
+    carry_in: Vec<u8>,
+    /// Bytes of the file taken so far (header included).
+    taken: u64,
+    max_bytes: Option<u64>,
+}
+
+/// What the recorder and its writer share: the one-time fault report.
+struct Shared {
+    stopped: std::sync::atomic::AtomicBool,
+    on_fault: std::sync::Mutex<Option<OnFault>>,
+}
+
+impl Shared {
+    /// Stops the recording and tells the session, once.
+    fn fault(&self, fault: Fault) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let tell = self.on_fault.lock().ok().and_then(|mut f| f.take());
+        if let Some(tell) = tell {
+            tell(fault);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The recording's writer has stopped: nothing more can be recorded.
@@ -71,21 +172,24 @@ fn usable(n: u16, default: u16) -> u16 {
     if n == 0 { default } else { n }
 }
 
-/// Events queued before the session has to wait for the writer.
+/// Lines queued before the session has to wait for the writer.
 const QUEUE: usize = 4096;
 
 impl Recorder {
-    /// Creates `root/relative` (and its directories) and starts the writer.
+    /// Creates `root/relative` (and its directories), writes the header
+    /// through to the disk (a full disk refuses the session here, not
+    /// later), and starts the writer.
     pub async fn create(
         root: &Path,
         relative: &Path,
         header: &Header,
+        options: Options,
     ) -> std::io::Result<(Recorder, Writer)> {
         let path = root.join(relative);
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        let file = tokio::fs::OpenOptions::new()
+        let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -104,12 +208,35 @@ impl Recorder {
             "env": env,
             "pam": {"session_id": header.session_id, "user": header.user, "target": header.target},
         });
+        let header = format!("{line}\n");
+        let written = async {
+            file.write_all(header.as_bytes()).await?;
+            file.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let (close, closed) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(write_loop(file, path, format!("{line}\n"), rx, closed));
+        let shared = Arc::new(Shared {
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            on_fault: std::sync::Mutex::new(Some(options.on_fault)),
+        });
+        let state = State {
+            carry_out: Vec::new(),
+            carry_in: Vec::new(),
+            taken: header.len() as u64,
+            max_bytes: options.max_bytes,
+        };
+        let task = tokio::spawn(write_loop(file, path, header, rx, closed, shared.clone()));
         Ok((
             Recorder {
                 tx,
+                state: Arc::new(tokio::sync::Mutex::new(state)),
+                shared,
                 started: Instant::now(),
             },
             Writer { task, close },
@@ -120,19 +247,41 @@ impl Recorder {
         self.started.elapsed().as_secs_f64()
     }
 
-    async fn send(&self, event: Event) -> Result<(), Closed> {
-        self.tx.send((self.now(), event)).await.map_err(|_| Closed)
+    /// Encodes and queues one event; refuses it when the recording has
+    /// stopped or the line would take it past its limit.
+    async fn send(&self, make: impl FnOnce(&mut State, f64, &mut String)) -> Result<(), Closed> {
+        if self.shared.stopped() {
+            return Err(Closed);
+        }
+        let mut state = self.state.lock().await;
+        let mut line = String::new();
+        make(&mut state, self.now(), &mut line);
+        if line.is_empty() {
+            return Ok(());
+        }
+        let taken = state.taken + line.len() as u64;
+        if let Some(max) = state.max_bytes
+            && taken > max
+        {
+            self.shared.fault(Fault::Limit(max));
+            return Err(Closed);
+        }
+        self.tx.send(line).await.map_err(|_| Closed)?;
+        state.taken = taken;
+        Ok(())
     }
 
     /// Terminal output (what the user saw). `Err`: it was not recorded, and
     /// must not be relayed either.
     pub async fn output(&self, data: Bytes) -> Result<(), Closed> {
-        self.send(Event::Output(data)).await
+        self.send(|s, t, line| encode(line, t, "o", &mut s.carry_out, &data))
+            .await
     }
 
     /// Terminal input (keystrokes or an exec command), when recorded.
     pub async fn input(&self, data: Bytes) -> Result<(), Closed> {
-        self.send(Event::Input(data)).await
+        self.send(|s, t, line| encode(line, t, "i", &mut s.carry_in, &data))
+            .await
     }
 
     /// A window change. A size of zero says "unknown" (a client whose
@@ -142,12 +291,15 @@ impl Recorder {
         if cols == 0 || rows == 0 {
             return Ok(());
         }
-        self.send(Event::Resize(cols, rows)).await
+        self.send(|_, t, line| line.push_str(&format!("[{t:.6}, \"r\", \"{cols}x{rows}\"]\n")))
+            .await
     }
 
     /// A marker (asciicast "m"): broker notices such as a warning or a kill.
     pub async fn marker(&self, text: impl Into<String>) -> Result<(), Closed> {
-        self.send(Event::Marker(text.into())).await
+        let text = text.into();
+        self.send(|_, t, line| line.push_str(&format!("[{t:.6}, \"m\", {}]\n", json!(text))))
+            .await
     }
 }
 
@@ -163,25 +315,47 @@ impl Writer {
     }
 }
 
+/// The writer: writes lines until closed or a write error, which stops the
+/// recording (the session is told first) before anything more is refused.
 async fn write_loop(
     file: tokio::fs::File,
     path: PathBuf,
     header: String,
-    mut rx: mpsc::Receiver<(f64, Event)>,
-    mut close: tokio::sync::oneshot::Receiver<()>,
+    mut rx: mpsc::Receiver<String>,
+    close: tokio::sync::oneshot::Receiver<()>,
+    shared: Arc<Shared>,
 ) -> std::io::Result<Finished> {
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
     let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let mut carry_out: Vec<u8> = Vec::new();
-    let mut carry_in: Vec<u8> = Vec::new();
-    let mut line = String::with_capacity(4096);
-    let put = |line: &str, hasher: &mut Sha256, written: &mut u64| {
-        hasher.update(line.as_bytes());
-        *written += line.len() as u64;
-    };
-    out.write_all(header.as_bytes()).await?;
-    put(&header, &mut hasher, &mut written);
+    hasher.update(header.as_bytes());
+    let mut written = header.len() as u64;
+    let result = async {
+        write_lines(&mut out, &mut hasher, &mut written, &mut rx, close).await?;
+        out.flush().await?;
+        out.get_ref().sync_all().await
+    }
+    .await;
+    if let Err(e) = result {
+        shared.fault(Fault::Write(e.to_string()));
+        rx.close();
+        // Queued lines are refused too: senders waiting on a full queue go on.
+        while rx.try_recv().is_ok() {}
+        return Err(e);
+    }
+    Ok(Finished {
+        sha256: hex::encode(hasher.finalize()),
+        bytes: written,
+        path,
+    })
+}
+
+async fn write_lines(
+    out: &mut tokio::io::BufWriter<tokio::fs::File>,
+    hasher: &mut Sha256,
+    written: &mut u64,
+    rx: &mut mpsc::Receiver<String>,
+    mut close: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty = false;
@@ -193,24 +367,12 @@ async fn write_loop(
                 closing = true;
                 rx.close();
             }
-            event = rx.recv() => {
-                let Some((time, event)) = event else { break };
-                line.clear();
-                match event {
-                    Event::Output(data) => encode(&mut line, time, "o", &mut carry_out, &data),
-                    Event::Input(data) => encode(&mut line, time, "i", &mut carry_in, &data),
-                    Event::Resize(cols, rows) => {
-                        line.push_str(&format!("[{time:.6}, \"r\", \"{cols}x{rows}\"]\n"));
-                    }
-                    Event::Marker(text) => {
-                        line.push_str(&format!("[{time:.6}, \"m\", {}]\n", json!(text)));
-                    }
-                }
-                if !line.is_empty() {
-                    out.write_all(line.as_bytes()).await?;
-                    put(&line, &mut hasher, &mut written);
-                    dirty = true;
-                }
+            line = rx.recv() => {
+                let Some(line) = line else { return Ok(()) };
+                out.write_all(line.as_bytes()).await?;
+                hasher.update(line.as_bytes());
+                *written += line.len() as u64;
+                dirty = true;
             }
             _ = ticker.tick() => {
                 if dirty {
@@ -220,13 +382,6 @@ async fn write_loop(
             }
         }
     }
-    out.flush().await?;
-    out.get_ref().sync_all().await?;
-    Ok(Finished {
-        sha256: hex::encode(hasher.finalize()),
-        bytes: written,
-        path,
-    })
 }
 
 /// Appends `[time, kind, "text"]\n` for the complete UTF-8 part of
@@ -373,9 +528,14 @@ mod tests {
             user: "u".into(),
             target: "t".into(),
         };
-        let (recorder, writer) = Recorder::create(dir.path(), Path::new("a/b.cast"), &header)
-            .await
-            .unwrap();
+        let (recorder, writer) = Recorder::create(
+            dir.path(),
+            Path::new("a/b.cast"),
+            &header,
+            Options::default(),
+        )
+        .await
+        .unwrap();
         recorder
             .output(Bytes::from_static(b"hello \x1b[1mworld\x1b[0m\r\n<script>"))
             .await
@@ -415,9 +575,10 @@ mod tests {
             user: "u".into(),
             target: "t".into(),
         };
-        let (recorder, writer) = Recorder::create(dir.path(), Path::new("z.cast"), &header)
-            .await
-            .unwrap();
+        let (recorder, writer) =
+            Recorder::create(dir.path(), Path::new("z.cast"), &header, Options::default())
+                .await
+                .unwrap();
         recorder.resize(0, 0).await.unwrap();
         recorder.resize(132, 0).await.unwrap();
         recorder.resize(132, 43).await.unwrap();
@@ -431,6 +592,46 @@ mod tests {
         assert_eq!(lines[0]["height"], 24);
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[1][2], "132x43");
+    }
+
+    #[tokio::test]
+    async fn the_event_that_would_cross_the_limit_is_refused_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = Header {
+            width: 80,
+            height: 24,
+            timestamp: 1_700_000_000,
+            title: "t".into(),
+            term: None,
+            session_id: "s".into(),
+            user: "u".into(),
+            target: "t".into(),
+        };
+        let (tx, mut faults) = tokio::sync::mpsc::unbounded_channel();
+        let options = Options {
+            max_bytes: Some(4096),
+            on_fault: Box::new(move |f| {
+                let _ = tx.send(f);
+            }),
+        };
+        let (recorder, writer) =
+            Recorder::create(dir.path(), Path::new("l.cast"), &header, options)
+                .await
+                .unwrap();
+        let chunk = Bytes::from(vec![b'x'; 1000]);
+        let mut taken = 0;
+        while recorder.output(chunk.clone()).await.is_ok() {
+            taken += 1;
+        }
+        assert_eq!(faults.recv().await, Some(Fault::Limit(4096)));
+        // Refused from then on, and reported once.
+        assert_eq!(recorder.marker("late").await, Err(Closed));
+        let finished = writer.finish().await.unwrap();
+        assert!(finished.bytes <= 4096, "{}", finished.bytes);
+        let text = std::fs::read_to_string(dir.path().join("l.cast")).unwrap();
+        assert_eq!(text.len() as u64, finished.bytes);
+        assert_eq!(text.lines().count(), 1 + taken);
+        assert!(faults.try_recv().is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use url::Url;
 
-use super::{Cidr, HumanDuration, Source};
+use super::{ByteSize, Cidr, HumanDuration, Source};
 
 macro_rules! section {
     (
@@ -209,6 +209,9 @@ section! {
         target_cert_ttl: HumanDuration = HumanDuration::secs(5 * 60),
         /// Warning given to users this long before a limit ends their session.
         warn_before: HumanDuration = HumanDuration::secs(60),
+        /// Largest terminal recording of one session: past it the session
+        /// ends (`recording_limit`), so one session cannot fill the data_dir.
+        max_recording: ByteSize = ByteSize(1 << 30),
         /// Lifetime of a web view login (the browser cookie); never longer than `token_ttl`.
         web_ttl: HumanDuration = HumanDuration::secs(3600),
     }

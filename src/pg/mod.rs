@@ -145,6 +145,8 @@ pub async fn serve(
             .instrument(span),
         );
     }
+    // New connections are refused at once, not left in the backlog.
+    drop(listener);
     tasks.close();
     tasks.wait().await;
     Ok(())

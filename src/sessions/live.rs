@@ -227,7 +227,7 @@ async fn complete(
     };
     let outcome = match reason {
         EndReason::Closed | EndReason::UpstreamClosed => Outcome::Success,
-        EndReason::Error(_) => Outcome::Failure,
+        EndReason::Error(_) | EndReason::RecordingFailed(_) => Outcome::Failure,
         _ => Outcome::Denied,
     };
     let event = AuditEvent::new(EventKind::SessionEnd, outcome)

@@ -56,6 +56,11 @@ pub enum EndReason {
     Revoked,
     PolicyDenied(String),
     Shutdown,
+    /// The recording stopped taking output (a write error such as a full
+    /// disk): the session does not go on unrecorded.
+    RecordingFailed(String),
+    /// The recording reached `session.max_recording` (bytes).
+    RecordingLimit(u64),
     Error(String),
 }
 
@@ -79,6 +84,13 @@ impl EndReason {
             EndReason::Revoked => "session ended: your broker session was revoked".into(),
             EndReason::PolicyDenied(m) => format!("session ended: policy changed ({m})"),
             EndReason::Shutdown => "session ended: the broker is shutting down".into(),
+            EndReason::RecordingFailed(e) => format!(
+                "session ended: it can no longer be recorded ({e}); pam does not run sessions unrecorded"
+            ),
+            EndReason::RecordingLimit(max) => format!(
+                "session ended: its recording reached session.max_recording ({})",
+                crate::config::ByteSize(*max)
+            ),
             EndReason::Error(e) => format!("session ended: {e}"),
         }
     }
@@ -94,6 +106,8 @@ impl EndReason {
             EndReason::Revoked => "revoked",
             EndReason::PolicyDenied(_) => "policy_denied",
             EndReason::Shutdown => "shutdown",
+            EndReason::RecordingFailed(_) => "recording_failed",
+            EndReason::RecordingLimit(_) => "recording_limit",
             EndReason::Error(_) => "error",
         }
     }
@@ -140,6 +154,11 @@ pub enum OpenError {
     Unrecorded(#[from] AuditError),
     #[error("refused: the session cannot be recorded")]
     Recording(#[source] std::io::Error),
+    #[error("refused: the broker is shutting down; try again in a moment")]
+    ShuttingDown,
+    /// The data_dir has no room for a recording (fail closed).
+    #[error("refused: {0}; the session cannot be recorded")]
+    StorageFull(String),
     #[error("refused: your broker session has ended (revoked or expired); run `pam login`")]
     BrokerSessionEnded,
 }
@@ -160,6 +179,14 @@ struct Inner {
     /// `session.record`: terminal recordings on.
     record_terminals: bool,
     recordings: PathBuf,
+    /// `session.max_recording` in bytes.
+    max_recording: u64,
+    /// `server.shutdown_grace`: what live sessions get on shutdown.
+    grace: Duration,
+    /// Set when shutdown starts: no new session opens.
+    draining: CancellationToken,
+    /// Set once every session ended on shutdown and its end is recorded.
+    drained: CancellationToken,
     live: Mutex<HashMap<String, Arc<Entry>>>,
     /// Session ends the store could not take yet; retried every second.
     unrecorded: Mutex<Vec<PendingEnd>>,
@@ -199,6 +226,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Sessions {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Db,
         audit: Audit,
@@ -207,6 +235,7 @@ impl Sessions {
         node: String,
         session: &crate::config::SessionConfig,
         recordings: PathBuf,
+        grace: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -222,6 +251,10 @@ impl Sessions {
                 },
                 record_terminals: session.record,
                 recordings,
+                max_recording: session.max_recording.0,
+                grace,
+                draining: CancellationToken::new(),
+                drained: CancellationToken::new(),
                 live: Mutex::new(HashMap::new()),
                 unrecorded: Mutex::new(Vec::new()),
             }),
@@ -230,6 +263,19 @@ impl Sessions {
 
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Resolves once shutdown has ended every session (after
+    /// `server.shutdown_grace`) and their ends are recorded, or were kept
+    /// for later.
+    pub async fn drained(&self) {
+        self.inner.drained.cancelled().await
+    }
+
+    /// Why recorded sessions cannot open now (the data_dir is full), for
+    /// readiness and [`Sessions::open`].
+    pub fn storage_problem(&self) -> Option<String> {
+        recording::storage_problem(&self.inner.recordings)
     }
 
     /// Opens a session for what `permit` allowed. Returns only once the
@@ -266,6 +312,16 @@ impl Sessions {
             notices: notices_tx,
         });
 
+        if self.inner.draining.is_cancelled() {
+            return Err(OpenError::ShuttingDown);
+        }
+        // No room for a recording: refused before anything is written.
+        if header.is_some()
+            && let Some(problem) = self.storage_problem()
+        {
+            tracing::warn!(session = %id, "{problem}: session refused");
+            return Err(OpenError::StorageFull(problem));
+        }
         // The broker session is checked again here, not taken from the
         // login: a channel opened after `pam logout` is refused. The
         // recording exists before `session.start` names it.
@@ -274,7 +330,18 @@ impl Sessions {
             async {
                 match (&relative, &header) {
                     (Some(relative), Some(header)) => {
-                        Recorder::create(&self.inner.recordings, relative, header)
+                        let ending = entry.clone();
+                        let options = recording::Options {
+                            max_bytes: Some(self.inner.max_recording),
+                            // Fail closed: a recording that stops ends its session.
+                            on_fault: Box::new(move |fault| {
+                                ending.end(match fault {
+                                    recording::Fault::Write(e) => EndReason::RecordingFailed(e),
+                                    recording::Fault::Limit(max) => EndReason::RecordingLimit(max),
+                                });
+                            }),
+                        };
+                        Recorder::create(&self.inner.recordings, relative, header, options)
                             .await
                             .map(Some)
                     }
@@ -284,6 +351,12 @@ impl Sessions {
         );
         let recorder = match recorder {
             Ok(recorder) => recorder,
+            Err(e) if recording::is_full(&e) => {
+                tracing::warn!(error = %e, session = %id, "no room for the session recording");
+                return Err(OpenError::StorageFull(format!(
+                    "the broker's data_dir is full ({e})"
+                )));
+            }
             Err(e) => {
                 tracing::error!(error = %e, session = %id, "creating the session recording failed");
                 return Err(OpenError::Recording(e));
@@ -546,7 +619,30 @@ impl Sessions {
                 }
             }
         }
+        self.drain().await;
+        self.inner.drained.cancel();
+    }
+
+    /// Shutdown: no new session opens; live ones are told and get
+    /// `server.shutdown_grace` to finish, then end as `shutdown`; their
+    /// ends are recorded (retried until the broker's last moment).
+    async fn drain(&self) {
+        self.inner.draining.cancel();
+        let grace = self.inner.grace;
+        let warning = format!(
+            "pam: the broker is shutting down; this session ends in {} (server.shutdown_grace)",
+            crate::config::HumanDuration(grace)
+        );
+        for entry in self.entries() {
+            let _ = entry.notices.try_send(Notice::Warning(warning.clone()));
+        }
+        let deadline = tokio::time::Instant::now() + grace;
         let mut settle = tokio::time::interval(Duration::from_millis(100));
+        while self.live_count() > 0 && tokio::time::Instant::now() < deadline {
+            settle.tick().await;
+            self.enforce_limits();
+            self.retry_unrecorded().await;
+        }
         loop {
             for entry in self.entries() {
                 entry.end(EndReason::Shutdown);

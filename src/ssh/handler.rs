@@ -68,6 +68,8 @@ struct State {
     actor: Option<String>,
     authenticated: bool,
     timed_out: bool,
+    /// The store did not answer when authentication began.
+    store_down: bool,
 }
 
 /// Attempts listed in a connection's failure event.
@@ -346,6 +348,17 @@ impl russh::server::Handler for Connection {
                 )
                 .await);
         }
+        // The store did not answer at the start of this connection: refused
+        // at once rather than after the store's own timeouts.
+        if self.state.lock().is_ok_and(|s| s.store_down) {
+            return Ok(self
+                .refuse(
+                    user,
+                    Some(&email),
+                    "the broker cannot reach its audit store",
+                )
+                .await);
+        }
         let Some(session_id) = cert.extensions().get(SESSION_EXTENSION) else {
             return Ok(self
                 .refuse(user, Some(&email), "certificate without a broker session")
@@ -433,6 +446,23 @@ impl russh::server::Handler for Connection {
             reason: None,
         }));
         Ok(Auth::Accept)
+    }
+
+    /// Sent before authentication: while the store is unreachable every
+    /// login is refused (the broker session cannot be checked, nothing can
+    /// be recorded), and this says why instead of a bare "Permission
+    /// denied". OpenSSH prints it.
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        if self.shared.deps.audit.ping().await {
+            return Ok(None);
+        }
+        if let Ok(mut state) = self.state.lock() {
+            state.store_down = true;
+        }
+        Ok(Some(
+            "pam: refused: the broker cannot reach its audit store; logins are refused until it is back\r\n"
+                .into(),
+        ))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

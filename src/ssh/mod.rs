@@ -128,6 +128,8 @@ pub async fn serve(
             .instrument(span),
         );
     }
+    // New connections are refused at once, not left in the backlog.
+    drop(listener);
     connections.close();
     connections.wait().await;
     Ok(())
@@ -198,9 +200,14 @@ async fn connection(
             return timed_out(&shared, &cut, watch).await;
         }
         _ = shutdown.cancelled() => {
-            // Live channels end through Sessions (they tell the user why);
-            // give them a moment, then hang up.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Live channels get server.shutdown_grace and end through
+            // Sessions (they tell the user why); then hang up.
+            tokio::select! {
+                _ = &mut session => {}
+                _ = shared.deps.sessions.drained() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
             let _ = handle
                 .disconnect(russh::Disconnect::ByApplication, "the broker is shutting down".into(), "en".into())
                 .await;

@@ -54,6 +54,20 @@ pub struct Upstream {
     pub handle: Handle<HostCheck>,
     /// SHA-256 fingerprint of the host key (or host certificate's key).
     pub host_key: String,
+    _cut: Cut,
+}
+
+/// A second handle on the target's socket that shuts it down when dropped.
+/// russh runs the connection on a task of its own, which a target that
+/// stopped answering (a black hole, not a close) would keep for minutes
+/// after everyone let go of it, with its file descriptor: a handshake that
+/// timed out, or an upstream whose sessions all ended, is cut at once.
+struct Cut(std::net::TcpStream);
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Verifies the target's host key during key exchange.
@@ -147,6 +161,13 @@ pub async fn connect(
     .map_err(|_| connect_error(format!("no answer within {}", target.connect_timeout)))?
     .map_err(|e| connect_error(e.to_string()))?;
     let _ = stream.set_nodelay(true);
+    let (stream, cut) = stream
+        .into_std()
+        .and_then(|socket| {
+            let cut = Cut(socket.try_clone()?);
+            Ok((tokio::net::TcpStream::from_std(socket)?, cut))
+        })
+        .map_err(|e| connect_error(e.to_string()))?;
     let config = Arc::new(client::Config {
         window_size: 16 * 1024 * 1024,
         maximum_packet_size: 65535,
@@ -228,7 +249,11 @@ pub async fn connect(
             login: login.to_owned(),
         });
     }
-    Ok(Upstream { handle, host_key })
+    Ok(Upstream {
+        handle,
+        host_key,
+        _cut: cut,
+    })
 }
 
 /// A certificate for the broker's per-connection key: valid for minutes,

@@ -120,6 +120,22 @@ macro_rules! relaxed_tx {
 }
 pub(crate) use relaxed_tx;
 
+/// Whether a SQLite connection given back to the pool may be used again.
+/// A write that failed inside a transaction (`SQLITE_FULL` on a full disk,
+/// an I/O error) can make SQLite roll the transaction back by itself; the
+/// driver's own rollback then fails and it goes on believing a transaction
+/// is open, so every later `BEGIN` on that connection becomes a savepoint
+/// of a transaction that is not there, and the store wedges ("database is
+/// locked") until the connection is closed. Such a connection is closed
+/// instead of reused: the pool opens a fresh one.
+async fn sqlite_reusable(
+    conn: &mut sqlx::SqliteConnection,
+) -> std::result::Result<bool, sqlx::Error> {
+    // The rollback of a dropped transaction is queued: let it run first.
+    conn.ping().await?;
+    Ok(!conn.is_in_transaction())
+}
+
 impl Db {
     /// Connects to `url` (`sqlite://PATH` or `postgres://...`), failing within
     /// `timeout` when the server does not answer.
@@ -158,12 +174,14 @@ impl Db {
                 .max_connections(8)
                 .min_connections(1)
                 .acquire_timeout(timeout)
+                .after_release(|conn, _| Box::pin(sqlite_reusable(conn)))
                 .connect_with(options.clone())
                 .await?;
             let relaxed = SqlitePoolOptions::new()
                 .max_connections(4)
                 .min_connections(0)
                 .acquire_timeout(timeout)
+                .after_release(|conn, _| Box::pin(sqlite_reusable(conn)))
                 .connect_with(options.synchronous(SqliteSynchronous::Normal))
                 .await?;
             Ok(Db {
@@ -236,10 +254,17 @@ impl Db {
     }
 
     /// True when the database answers a trivial query.
+    /// True when the store answers within 2 s (readiness, and the SSH
+    /// room's banner, must not hang on a store that is down).
     pub async fn ping(&self) -> bool {
-        let result: std::result::Result<i32, _> =
-            with_db!(self, pool => sqlx::query_scalar("SELECT 1").fetch_one(pool).await);
-        result.is_ok()
+        let ping = async {
+            let result: std::result::Result<i32, _> =
+                with_db!(self, pool => sqlx::query_scalar("SELECT 1").fetch_one(pool).await);
+            result.is_ok()
+        };
+        tokio::time::timeout(Duration::from_secs(2), ping)
+            .await
+            .unwrap_or(false)
     }
 
     pub async fn close(&self) {

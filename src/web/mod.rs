@@ -235,13 +235,16 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the store answers (keys are loaded before the room starts).
+/// Ready when the store answers and the data_dir has room for recordings
+/// (keys are loaded before the room starts).
 async fn readyz(State(deps): State<Arc<Deps>>) -> Response {
-    if deps.audit.ping().await {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+    if !deps.audit.ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response();
     }
+    if let Some(problem) = deps.sessions.storage_problem() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn metrics(State(deps): State<Arc<Deps>>) -> Response {

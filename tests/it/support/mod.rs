@@ -6,8 +6,10 @@
 
 pub mod aws;
 pub mod fake_aws;
+pub mod faults;
 pub mod gate;
 pub mod peers;
+pub mod proxy;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -62,6 +64,9 @@ pub struct Options {
     pub idp: bool,
     /// Share another broker's key material (a fleet).
     pub keys_dir: Option<PathBuf>,
+    /// `server.data_dir` somewhere else than the test's temp dir (a small
+    /// tmpfs to fill, for the fault tests).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl TestApp {
@@ -128,7 +133,11 @@ dir = "{policies}"
 "#,
             ssh = ssh.local_addr().unwrap(),
             pg = postgres.local_addr().unwrap(),
-            data = dir.path().join("data").display(),
+            data = options
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("data"))
+                .display(),
             db = database.url,
             policies = policies.display(),
             extra = options.toml,
@@ -181,6 +190,12 @@ dir = "{policies}"
             shutdown,
             handle: Some(handle),
         }
+    }
+
+    /// Starts a graceful shutdown, as SIGTERM does in `pam serve`
+    /// (`TestApp::stop` then waits for its end).
+    pub fn sigterm(&self) {
+        self.shutdown.cancel();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -248,6 +263,23 @@ impl TestDatabase {
 
     pub fn is_postgres(&self) -> bool {
         self.guard.is_some()
+    }
+
+    /// Audit events of `kind` in this database, oldest first (also after
+    /// the broker stopped).
+    pub async fn events(&self, kind: &str) -> Vec<pam::domain::audit::EventRecord> {
+        let db = pam::store::Db::connect(&self.url, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let filter = pam::domain::audit::EventFilter {
+            kinds: vec![kind.to_owned()],
+            ascending: true,
+            limit: 10_000,
+            ..Default::default()
+        };
+        let events = pam::store::audit::list(&db, &filter).await.unwrap();
+        db.close().await;
+        events
     }
 }
 
@@ -461,16 +493,7 @@ impl TestApp {
 
     /// Audit events of `kind`, oldest first.
     pub async fn events(&self, kind: &str) -> Vec<pam::domain::audit::EventRecord> {
-        let db = self.db().await;
-        let filter = pam::domain::audit::EventFilter {
-            kinds: vec![kind.to_owned()],
-            ascending: true,
-            limit: 10_000,
-            ..Default::default()
-        };
-        let events = pam::store::audit::list(&db, &filter).await.unwrap();
-        db.close().await;
-        events
+        self.database.events(kind).await
     }
 
     /// `details` of every event of `kind`, parsed.
