@@ -364,7 +364,17 @@ impl russh::server::Handler for Connection {
                 .refuse(user, Some(&email), "certificate without a broker session")
                 .await);
         };
-        let principal = match self.shared.deps.identity.session(session_id).await {
+        // A store connection reset mid-query is retried for up to 2 s
+        // before the login is refused.
+        let mut lookup = self.shared.deps.identity.session(session_id).await;
+        let retry_until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while matches!(lookup, Err(AuthError::Unavailable))
+            && tokio::time::Instant::now() < retry_until
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            lookup = self.shared.deps.identity.session(session_id).await;
+        }
+        let principal = match lookup {
             Ok(principal) => principal,
             Err(AuthError::Revoked) => {
                 return Ok(self

@@ -318,7 +318,20 @@ async fn eight_clients_churning_through_a_store_restart_see_only_refusals_and_no
         refused.len(),
         broken.len()
     );
+    // A login whose authentication was under way when the store went away
+    // is refused by SSH's own "Permission denied": once authentication has
+    // begun the protocol has no way to say why (logins that begin while the
+    // store is down are told by the banner). Still a refusal, not a hang.
+    let (overlapping, broken): (Vec<_>, Vec<_>) = broken.into_iter().partition(|s| {
+        s.0 <= outage
+            && s.1 >= outage
+            && matches!(&s.2, Outcome::Broken(m) if m.contains("Permission denied"))
+    });
     assert!(broken.is_empty(), "{broken:?}");
+    eprintln!(
+        "load: {} logins under way when the store went down were refused without the banner",
+        overlapping.len()
+    );
     // Refusals only while the store was down (or a session that overlapped it
     // and the 5 s the broker may take to heal).
     for (began, ended, outcome) in &refused {
