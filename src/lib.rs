@@ -12,6 +12,7 @@ pub mod domain;
 
 pub mod config;
 pub mod metrics;
+pub mod sync;
 
 pub mod audit;
 pub mod aws;

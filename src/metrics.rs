@@ -91,10 +91,7 @@ impl Metrics {
 
     /// The metrics of export sink `name` (created on first use).
     pub fn export_sink(&self, name: &str) -> Arc<SinkMetrics> {
-        let mut sinks = self
-            .export_sinks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut sinks = crate::sync::lock(&self.export_sinks);
         if let Some((_, m)) = sinks.iter().find(|(n, _)| n == name) {
             return m.clone();
         }
@@ -242,11 +239,7 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 
 /// `pam_export_*{sink="..."}` (sink names are `[A-Za-z0-9._-]`, no escaping needed).
 fn render_export(out: &mut String, metrics: &Metrics) {
-    let sinks = metrics
-        .export_sinks
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let sinks = crate::sync::lock(&metrics.export_sinks).clone();
     if sinks.is_empty() {
         return;
     }

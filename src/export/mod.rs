@@ -40,6 +40,7 @@ use crate::config::{ExportConfig, ExportFormat, ExportKind};
 use crate::domain::audit::{AuditEvent, EventKind, EventRecord, Outcome, format_us, now_us};
 use crate::metrics::{Metrics, SinkMetrics};
 use crate::store::{self, Db};
+use crate::sync::lock;
 
 /// How long a lease on a sink lasts; renewed at half-time.
 const LEASE: Duration = Duration::from_secs(30);
@@ -394,9 +395,7 @@ impl Runner {
 }
 
 fn set_error(state: &SinkState, error: Option<String>) {
-    if let Ok(mut last) = state.last_error.lock() {
-        *last = error;
-    }
+    *lock(&state.last_error) = error;
 }
 
 /// Lag gauges for every sink, and `export.lagging` for the sinks this
@@ -454,7 +453,7 @@ async fn monitor(
                 .max(state.last_delivery_us.load(Ordering::Relaxed));
             let waiting = Duration::from_micros((now - waiting_since).max(0) as u64);
             let over = lag as u64 >= config.lag_events || (lag > 0 && waiting >= config.lag_time.0);
-            let error = state.last_error.lock().ok().and_then(|e| e.clone());
+            let error = lock(&state.last_error).clone();
             let report = |state_name: &str, outcome: Outcome, since: i64, max_lag: i64| {
                 AuditEvent::new(EventKind::ExportLagging, outcome)
                     .actor(format!("pam@{node}"))

@@ -218,9 +218,7 @@ impl Identity {
 
     /// Lets policy decide certificate principals and forwarding.
     pub fn set_grants(&self, grants: GrantsFn) {
-        if let Ok(mut slot) = self.inner.grants.write() {
-            *slot = grants;
-        }
+        *crate::sync::write(&self.inner.grants) = grants;
     }
 
     pub fn sso_enabled(&self) -> bool {
@@ -1254,12 +1252,7 @@ impl Identity {
         key: &PublicKey,
         client: &Client,
     ) -> Result<(String, String, AuditEvent), LoginError> {
-        let grants = self
-            .inner
-            .grants
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|_| Arc::new(default_grants));
+        let grants = crate::sync::read(&self.inner.grants).clone();
         let grants = grants(&principal.identity);
         let valid_before = (principal.expires_at_us / 1_000_000).max(0) as u64;
         let issued = cert::sign_user_certificate(

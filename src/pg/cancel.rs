@@ -17,6 +17,7 @@ use super::protocol;
 use crate::audit::Audit;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::edge::Edge;
+use crate::sync::lock;
 
 /// Where and how to cancel a session's running statement.
 #[derive(Clone)]
@@ -56,9 +57,7 @@ pub struct Ticket<'a> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if let Ok(mut entries) = self.registry.entries.lock() {
-            entries.remove(&self.pid);
-        }
+        lock(&self.registry.entries).remove(&self.pid);
     }
 }
 
@@ -73,10 +72,7 @@ impl Registry {
     ) -> Ticket<'_> {
         let mut rng = rand::rngs::OsRng;
         let key: [u8; 4] = rng.r#gen();
-        let mut entries = match self.entries.lock() {
-            Ok(entries) => entries,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut entries = lock(&self.entries);
         let pid = loop {
             let pid = rng.gen_range(1..i32::MAX);
             if !entries.contains_key(&pid) {
@@ -101,7 +97,7 @@ impl Registry {
     }
 
     fn lookup(&self, pid: i32, key: &[u8]) -> Option<Entry> {
-        let entries = self.entries.lock().ok()?;
+        let entries = lock(&self.entries);
         let entry = entries.get(&pid)?;
         // Constant time in the key, like the server's own comparison.
         let same: bool = subtle::ConstantTimeEq::ct_eq(key, &entry.key[..]).into();
@@ -206,4 +202,47 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        Upstream {
+            address: "127.0.0.1:5432".into(),
+            tls: None,
+            server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            pid: 7,
+            key: vec![1, 2, 3, 4],
+            via: None,
+        }
+    }
+
+    /// A panic elsewhere while the registry was locked must not leave cancel
+    /// keys unanswerable, nor the key of an ended session valid.
+    #[test]
+    fn a_poisoned_registry_still_maps_and_forgets_keys() {
+        let registry = Registry::default();
+        std::thread::scope(|s| {
+            let poisoned = s
+                .spawn(|| {
+                    let _held = lock(&registry.entries);
+                    panic!("a panic while the registry is locked");
+                })
+                .join();
+            assert!(poisoned.is_err());
+        });
+        let ticket = registry.register(upstream(), "s-1", "a@example.test", "db");
+        let (pid, key) = (ticket.pid, ticket.key);
+        let found = registry.lookup(pid, &key).expect("the live session's key");
+        assert_eq!(found.session_id, "s-1");
+        assert!(registry.lookup(pid, &[0, 0, 0, 0]).is_none() || key == [0, 0, 0, 0]);
+        drop(ticket);
+        assert!(
+            registry.lookup(pid, &key).is_none(),
+            "the ended session's key still answers"
+        );
+    }
 }

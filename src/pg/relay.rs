@@ -33,6 +33,7 @@ use crate::audit::recording::{Closed, Recorder};
 use crate::audit::{Audit, Pending};
 use crate::domain::audit::{AuditError, AuditEvent, EventKind, Outcome};
 use crate::sessions::{EndReason, Live, Notice};
+use crate::sync::lock;
 
 /// Read size per direction.
 const CHUNK: usize = 64 * 1024;
@@ -176,7 +177,7 @@ pub async fn run(client: Stream, upstream: Stream, live: &mut Live, context: Con
                 }
                 _ = ticker.tick() => {
                     apply(&counters, live);
-                    let text = tracker.lock().map(|mut t| t.take_log()).unwrap_or_default();
+                    let text = lock(&tracker).take_log();
                     if !text.is_empty()
                         && let Some(log) = &log
                         && log.output(bytes::Bytes::from(text)).await.is_err()
@@ -190,15 +191,9 @@ pub async fn run(client: Stream, upstream: Stream, live: &mut Live, context: Con
     };
     apply(&counters, live);
     stop_client.cancel();
-    let at_boundary = tracker
-        .lock()
-        .map(|t| t.server_at_boundary())
-        .unwrap_or(false);
-    let running = tracker
-        .lock()
-        .map(|mut t| t.unanswered())
-        .unwrap_or_default();
-    let text = tracker.lock().map(|mut t| t.take_log()).unwrap_or_default();
+    let at_boundary = lock(&tracker).server_at_boundary();
+    let running = lock(&tracker).unanswered();
+    let text = lock(&tracker).take_log();
     if !text.is_empty()
         && let Some(log) = &log
     {
@@ -295,9 +290,7 @@ where
         counters.input.fetch_add(n as u64, Ordering::Relaxed);
         counters.active.store(true, Ordering::Relaxed);
         let (terminated, text) = {
-            let mut tracker = tracker
-                .lock()
-                .map_err(|_| std::io::Error::other("tracker poisoned"))?;
+            let mut tracker = lock(tracker);
             tracker.client(&buf[..n])?;
             // The query log is handed over in pieces of LOG_BATCH (and on
             // every tick): one hand-off per statement cost more than the
@@ -343,10 +336,7 @@ where
     let mut open = true;
     loop {
         if stop || !notices.is_empty() {
-            let at_boundary = tracker
-                .lock()
-                .map(|t| t.server_at_boundary())
-                .unwrap_or(false);
+            let at_boundary = lock(tracker).server_at_boundary();
             if at_boundary {
                 for notice in notices.drain(..) {
                     write.write_all(&notice).await?;
@@ -371,7 +361,7 @@ where
                 }
                 counters.output.fetch_add(n as u64, Ordering::Relaxed);
                 let seen = {
-                    let mut tracker = tracker.lock().map_err(|_| std::io::Error::other("tracker poisoned"))?;
+                    let mut tracker = lock(tracker);
                     tracker.server(&buf[..n], &mut done)?
                 };
                 for completed in done.drain(..) {

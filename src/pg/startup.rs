@@ -255,26 +255,23 @@ pub async fn handle(
     hello.extend_from_slice(&connected.parameter_status);
     hello.extend_from_slice(&protocol::backend_key_data(ticket.pid, &ticket.key));
     hello.extend_from_slice(&protocol::ready_for_query(connected.status));
-    let relayed = match stream.write_all(&hello).await {
-        Ok(()) => {
-            let _ = stream.flush().await;
-            let context = relay::Context {
-                audit: room.deps.audit.clone(),
-                actor: principal.email().to_owned(),
-                target: target.name.clone(),
-                session_id: live.id().to_owned(),
-                source_ip: peer.ip(),
-                window: room.deps.audit_window,
-                db_params: room.deps.db_params,
-                cancel: connected.cancel.clone(),
-            };
-            relay::run(stream, connected.stream, &mut live, context).await
-        }
-        Err(e) => {
-            live.end(EndReason::Error(e.to_string()));
-            relay::Summary::default()
-        }
+    if let Err(e) = stream.write_all(&hello).await {
+        drop(ticket);
+        live.abort(EndReason::Error(e.to_string())).await;
+        return Ok(());
+    }
+    let _ = stream.flush().await;
+    let context = relay::Context {
+        audit: room.deps.audit.clone(),
+        actor: principal.email().to_owned(),
+        target: target.name.clone(),
+        session_id: live.id().to_owned(),
+        source_ip: peer.ip(),
+        window: room.deps.audit_window,
+        db_params: room.deps.db_params,
+        cancel: connected.cancel.clone(),
     };
+    let relayed = relay::run(stream, connected.stream, &mut live, context).await;
     drop(ticket);
     live.finish(Finish {
         details: json!({

@@ -24,6 +24,7 @@ use super::protocol::{self, Auth, Backend};
 use super::{Stream, cancel, tls};
 use crate::aws::Aws;
 use crate::config::{Credential, PostgresTarget, TlsMode};
+use crate::sync::lock;
 
 const SECRET_TTL: Duration = Duration::from_secs(300);
 const IAM_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -262,15 +263,11 @@ impl Upstreams {
         name: &str,
         target: &PostgresTarget,
     ) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
-        if let Ok(cache) = self.tls.lock()
-            && let Some(config) = cache.get(name)
-        {
+        if let Some(config) = lock(&self.tls).get(name) {
             return Ok(config.clone());
         }
         let config = tls::client_config(target).map_err(|e| Error::Config(format!("{e:#}")))?;
-        if let Ok(mut cache) = self.tls.lock() {
-            cache.insert(name.to_owned(), config.clone());
-        }
+        lock(&self.tls).insert(name.to_owned(), config.clone());
         Ok(config)
     }
 
@@ -280,10 +277,10 @@ impl Upstreams {
         target: &PostgresTarget,
         fresh: bool,
     ) -> Result<Login, Error> {
-        if !fresh
-            && let Ok(cache) = self.credentials.lock()
-            && let Some((at, login)) = cache.get(name)
-        {
+        let cached = (!fresh)
+            .then(|| lock(&self.credentials).get(name).cloned())
+            .flatten();
+        if let Some((at, login)) = cached {
             let ttl = match target.credential {
                 Credential::RdsIam { .. } => IAM_TOKEN_TTL,
                 _ => SECRET_TTL,
@@ -335,9 +332,7 @@ impl Upstreams {
                 ));
             }
         };
-        if let Ok(mut cache) = self.credentials.lock() {
-            cache.insert(name.to_owned(), (Instant::now(), login.clone()));
-        }
+        lock(&self.credentials).insert(name.to_owned(), (Instant::now(), login.clone()));
         Ok(login)
     }
 

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::policy::{Action, Allowed, Denied, RequestContext, Resource, TargetRef};
 use crate::domain::principal::UserIdentity;
+use crate::sync::{lock, read, write};
 
 pub use gate::Gate;
 pub use permit::Permit;
@@ -105,20 +106,14 @@ impl Engine {
 
     /// The active set.
     pub fn active(&self) -> Arc<Loaded> {
-        match self.active.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        read(&self.active).clone()
     }
 
     /// Re-reads the directory. On success the new set is active and the
     /// generation moves (live sessions re-check); on failure nothing changes.
     pub fn reload(&self) -> Result<Arc<Loaded>, PolicyError> {
         let loaded = Arc::new(load_dir(&self.dir)?);
-        match self.active.write() {
-            Ok(mut guard) => *guard = loaded.clone(),
-            Err(poisoned) => *poisoned.into_inner() = loaded.clone(),
-        }
+        *write(&self.active) = loaded.clone();
         self.generation.send_modify(|g| *g += 1);
         Ok(loaded)
     }
@@ -276,9 +271,7 @@ impl Loaded {
         let mut groups = who.groups.clone();
         groups.sort();
         let key = (action, who.email.clone(), groups);
-        if let Ok(slices) = self.slices.lock()
-            && let Some(slice) = slices.get(&key)
-        {
+        if let Some(slice) = lock(&self.slices).get(&key) {
             return slice.clone();
         }
         let action_uid = uid("Action", action.as_str()).ok();
@@ -313,7 +306,8 @@ impl Loaded {
             }
         }
         let slice = Arc::new(slice);
-        if let Ok(mut slices) = self.slices.lock() {
+        {
+            let mut slices = lock(&self.slices);
             if slices.len() >= MAX_SLICES {
                 slices.clear();
             }

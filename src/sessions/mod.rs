@@ -17,11 +17,13 @@
 
 mod limits;
 mod live;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -39,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::policy::Gate;
 use crate::policy::permit::{Grant, Permit};
 use crate::store::{self, Db};
+use crate::sync::lock;
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,15 +217,6 @@ struct PendingEnd {
     id: String,
     row: Option<store::sessions::SessionEnd>,
     event: Option<AuditEvent>,
-}
-
-/// Poisoning is recovered the same way everywhere here: the registry maps
-/// are whole after every operation, and a session left unregistered could
-/// no longer be limited or terminated.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Sessions {
@@ -658,17 +652,7 @@ impl Sessions {
     fn enforce_limits(&self) {
         let now = tokio::time::Instant::now();
         for entry in self.entries() {
-            if entry.cancel.is_cancelled() {
-                continue;
-            }
-            let verdict = self.inner.limits.check(&entry.activity, now);
-            if let Some(reason) = verdict.end {
-                entry.end(reason);
-                continue;
-            }
-            for warning in verdict.warnings {
-                let _ = entry.notices.try_send(Notice::Warning(warning));
-            }
+            entry.enforce(&self.inner.limits, now);
         }
     }
 
@@ -807,6 +791,22 @@ impl Entry {
 
     fn source_ip(&self) -> Option<std::net::IpAddr> {
         self.grant.context.source_ip
+    }
+
+    /// Applies the limits at `now`: ends the session, or sends its
+    /// warnings to the user (a session already ended is left alone).
+    fn enforce(&self, limits: &Limits, now: tokio::time::Instant) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let verdict = limits.check(&self.activity, now);
+        if let Some(reason) = verdict.end {
+            self.end(reason);
+            return;
+        }
+        for warning in verdict.warnings {
+            let _ = self.notices.try_send(Notice::Warning(warning));
+        }
     }
 
     /// Ends the session with `reason`, unless it already has one.

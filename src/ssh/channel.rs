@@ -19,6 +19,7 @@ use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::session::SessionKind;
 use crate::sessions::{EndReason, Finish, Live, NewSession, Notice, Recording};
+use crate::sync::lock;
 
 /// The upstream connection shared by the channels of one SSH connection.
 pub(crate) type UpstreamCell = Arc<OnceCell<Result<Arc<Upstream>, upstream::Error>>>;
@@ -572,10 +573,7 @@ async fn relay(
                     Some(ChannelMsg::Data { data }) => {
                         touch.output(data.len());
                         if let Some(auditor) = &sftp {
-                            let ops = auditor
-                                .lock()
-                                .map(|mut a| a.server(&data))
-                                .unwrap_or_default();
+                            let ops = lock(auditor).server(&data);
                             for op in ops {
                                 let details = sftp_details(&op);
                                 audit_op(&shared, &authed, &live_id, Outcome::Success, details)
@@ -685,7 +683,7 @@ async fn relay(
     inbound.abort();
     // Files still open when the channel ended, with what they moved.
     if let Some(auditor) = &sftp {
-        let ops = auditor.lock().map(|mut a| a.finish()).unwrap_or_default();
+        let ops = lock(auditor).finish();
         for op in ops {
             audit_op(
                 shared,
@@ -710,9 +708,7 @@ fn sftp_client(
     auditor: &std::sync::Mutex<sftp::Auditor>,
     data: &[u8],
 ) -> Result<Vec<sftp::Operation>, sftp::Refused> {
-    let mut auditor = auditor
-        .lock()
-        .map_err(|_| sftp::Refused("the SFTP auditor failed".into()))?;
+    let mut auditor = lock(auditor);
     if let Some(version) = auditor.unsupported_version() {
         return Err(sftp::Refused(format!(
             "the server speaks SFTP version {version}; the broker audits version 3 only"

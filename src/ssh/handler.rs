@@ -26,6 +26,7 @@ use crate::edge::Unauthenticated;
 use crate::identity::AuthError;
 use crate::identity::cert::SESSION_EXTENSION;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// An authenticated client: who, and where to.
 pub(crate) struct Authed {
@@ -132,9 +133,7 @@ impl Watch {
 
     /// The connection did not authenticate within `server.auth_timeout`.
     pub fn timed_out(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.timed_out = true;
-        }
+        lock(&self.state).timed_out = true;
     }
 
     /// Called when the connection ends: a connection that never
@@ -143,9 +142,7 @@ impl Watch {
         self.channels.close();
         self.channels.wait().await;
         let (event, tried) = {
-            let Ok(state) = self.state.lock() else {
-                return;
-            };
+            let state = lock(&self.state);
             if state.authenticated || (state.tried.is_empty() && !state.timed_out) {
                 return;
             }
@@ -193,20 +190,17 @@ impl Watch {
 
 impl Connection {
     fn note_user(&self, user: &str) {
-        if let Ok(mut state) = self.state.lock() {
-            state.user = Some(user.chars().take(128).collect());
-        }
+        lock(&self.state).user = Some(user.chars().take(128).collect());
     }
 
     /// Remembers one try for the connection's failure event.
     fn note_try(&self, user: &str, what: String) {
-        if let Ok(mut state) = self.state.lock() {
-            state.user = Some(user.chars().take(128).collect());
-            if state.tried.len() < MAX_TRIED {
-                state.tried.push(what.chars().take(256).collect());
-            } else {
-                state.tried_more += 1;
-            }
+        let mut state = lock(&self.state);
+        state.user = Some(user.chars().take(128).collect());
+        if state.tried.len() < MAX_TRIED {
+            state.tried.push(what.chars().take(256).collect());
+        } else {
+            state.tried_more += 1;
         }
     }
 
@@ -215,7 +209,8 @@ impl Connection {
     /// authenticates, says why. A refused certificate is slowed down.
     async fn refuse(&self, user: &str, actor: Option<&str>, reason: &str) -> Auth {
         self.note_try(user, format!("certificate: {reason}"));
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = lock(&self.state);
             state.reason = Some(reason.to_owned());
             if let Some(actor) = actor {
                 state.actor = Some(actor.to_owned());
@@ -315,13 +310,14 @@ impl russh::server::Handler for Connection {
                 key.public_key.fingerprint(HashAlg::Sha256)
             ),
         );
-        if let Ok(mut state) = self.state.lock()
-            && state.reason.is_none()
         {
-            state.reason = Some(
-                "no valid broker certificate (a plain key, or a certificate that is expired or not yet valid); run `pam login`"
-                    .into(),
-            );
+            let mut state = lock(&self.state);
+            if state.reason.is_none() {
+                state.reason = Some(
+                    "no valid broker certificate (a plain key, or a certificate that is expired or not yet valid); run `pam login`"
+                        .into(),
+                );
+            }
         }
         Ok(Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
@@ -440,9 +436,7 @@ impl russh::server::Handler for Connection {
                     .await);
             }
         };
-        if let Ok(mut state) = self.state.lock() {
-            state.authenticated = true;
-        }
+        lock(&self.state).authenticated = true;
         // Authenticated: no longer counts against the source's cap, and no
         // longer bound by server.auth_timeout.
         self.slot.take();

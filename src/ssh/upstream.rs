@@ -15,6 +15,7 @@ use russh::keys::ssh_key::{Certificate, HashAlg, PrivateKey, PublicKey};
 
 use crate::config::SshTarget;
 use crate::domain::principal::CertGrants;
+use crate::sync::lock;
 
 /// How the broker proves itself to the target.
 pub enum Credential {
@@ -104,9 +105,7 @@ impl client::Handler for HostCheck {
                 (pinned || self.host_certificate_ok(cert), fingerprint)
             }
         };
-        if let Ok(mut slot) = self.offered.lock() {
-            *slot = Some(fingerprint);
-        }
+        *lock(&self.offered) = Some(fingerprint);
         Ok(accepted)
     }
 }
@@ -187,7 +186,7 @@ pub async fn connect(
         Err(_) => return Err(connect_error("the SSH handshake timed out".into())),
         Ok(Ok(handle)) => handle,
         Ok(Err(e)) => {
-            let offered = offered.lock().ok().and_then(|o| o.clone());
+            let offered = lock(&offered).clone();
             return Err(match (e, offered) {
                 (russh::Error::UnknownKey, Some(offered)) => Error::HostKeyMismatch {
                     target: name.to_owned(),
@@ -197,11 +196,7 @@ pub async fn connect(
             });
         }
     };
-    let host_key = offered
-        .lock()
-        .ok()
-        .and_then(|o| o.clone())
-        .unwrap_or_default();
+    let host_key = lock(&offered).clone().unwrap_or_default();
     let protocol = |e: russh::Error| Error::Protocol {
         target: name.to_owned(),
         reason: e.to_string(),

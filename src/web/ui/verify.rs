@@ -14,6 +14,7 @@ use super::layout::{html_response, layout_with, time_cell};
 use super::{csrf_refused, enter, error_page};
 use crate::audit::verify::Report;
 use crate::domain::audit::{format_us, now_us};
+use crate::sync::lock;
 use crate::web::Deps;
 use crate::web::browser::WebUser;
 use crate::web::error::Error;
@@ -41,12 +42,10 @@ enum VerifyState {
 
 impl Verification {
     fn get(&self) -> VerifyState {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+        lock(&self.0).clone()
     }
     fn set(&self, state: VerifyState) {
-        if let Ok(mut s) = self.0.lock() {
-            *s = state;
-        }
+        *lock(&self.0) = state;
     }
 }
 
@@ -143,9 +142,7 @@ pub async fn verify_start(
     }
     let by = user.principal.email().to_owned();
     {
-        let Ok(mut state) = deps.verification.0.lock() else {
-            return Redirect::to("/ui/verify").into_response();
-        };
+        let mut state = lock(&deps.verification.0);
         if matches!(*state, VerifyState::Running { .. }) {
             return Redirect::to("/ui/verify").into_response();
         }

@@ -2,6 +2,9 @@
 //! it (moto accepts but ignores SourceIdentity, tags and durations, so the
 //! tests check the request the broker sends), and a stand-in for the console
 //! federation endpoint (no emulator has one).
+// Test doubles lock with `.lock().unwrap()`: a poisoned lock here means a
+// test already failed (the broker's own rule is `pam::sync`).
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::{Arc, Mutex};
 
