@@ -271,3 +271,23 @@ fn migrations_are_numbered_and_exist_for_both_backends() {
         );
     }
 }
+
+#[test]
+fn the_release_binary_ships_without_debug_info() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let manifest: toml::Table = toml::from_str(&manifest).unwrap();
+    let profiles = manifest["profile"].as_table().unwrap();
+    let release = profiles["release"].as_table().unwrap();
+    assert!(
+        matches!(
+            release.get("strip").and_then(|s| s.as_str()),
+            Some("debuginfo" | "symbols")
+        ),
+        "[profile.release] must strip debug info: {release:?}"
+    );
+    // The same code with its line tables, for a split debug file.
+    let symbols = profiles["symbols"].as_table().unwrap();
+    assert_eq!(symbols["inherits"].as_str(), Some("release"));
+    assert_eq!(symbols["strip"].as_str(), Some("none"));
+}
