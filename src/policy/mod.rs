@@ -8,6 +8,8 @@
 
 pub mod gate;
 pub mod permit;
+#[cfg(test)]
+mod prefilter_tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -66,6 +68,9 @@ pub struct PolicyError(pub String);
 /// A parsed and validated policy set.
 pub struct Loaded {
     policies: PolicySet,
+    /// The schema's actions with their groups (`action ssh in [remote]`),
+    /// part of every request's entities so that `action in ...` sees them.
+    actions: Entities,
     /// Per (action, principal): only the policies whose scope can match
     /// them. Cedar evaluates every policy of the set it is given; a user
     /// typically matches a handful of a hundred.
@@ -156,7 +161,7 @@ impl Engine {
         resource: &Resource,
         context: &RequestContext,
     ) -> Result<Vec<String>, (Vec<String>, Vec<String>)> {
-        let request = match build_request(who, action, resource, context) {
+        let request = match build_request(&loaded.actions, who, action, resource, context) {
             Ok(request) => request,
             Err(e) => return Err((Vec::new(), vec![e])),
         };
@@ -267,6 +272,9 @@ const MAX_SLICES: usize = 10_000;
 impl Loaded {
     /// The policies whose action and principal scope can match `who`
     /// doing `action` (cached). Conservative: conditions are left to Cedar.
+    /// It matches scopes against exactly the hierarchy the request is
+    /// evaluated with: the action's groups from the schema, the user's
+    /// groups from the IdP (`prefilter_tests.rs` checks it against Cedar).
     fn slice(&self, who: &UserIdentity, action: Action) -> Arc<PolicySet> {
         let mut groups = who.groups.clone();
         groups.sort();
@@ -289,9 +297,9 @@ impl Loaded {
             let action_ok = match policy.action_constraint() {
                 cedar_policy::ActionConstraint::Any => true,
                 cedar_policy::ActionConstraint::Eq(a) => Some(&a) == action_uid.as_ref(),
-                cedar_policy::ActionConstraint::In(list) => {
-                    action_uid.as_ref().is_some_and(|a| list.contains(a))
-                }
+                cedar_policy::ActionConstraint::In(list) => action_uid
+                    .as_ref()
+                    .is_some_and(|a| list.iter().any(|group| self.action_in(a, group))),
             };
             let principal_ok = match policy.principal_constraint() {
                 cedar_policy::PrincipalConstraint::Any
@@ -314,6 +322,16 @@ impl Loaded {
             slices.insert(key, slice.clone());
         }
         slice
+    }
+
+    /// `action in group`: the same action, or one of its groups'
+    /// descendants in the schema.
+    fn action_in(&self, action: &EntityUid, group: &EntityUid) -> bool {
+        action == group
+            || self
+                .actions
+                .ancestors(action)
+                .is_some_and(|mut ancestors| ancestors.any(|a| a == group))
     }
 
     pub fn policy_ids(&self) -> Vec<String> {
@@ -428,8 +446,12 @@ fn load_dir(dir: &Path) -> Result<Loaded, PolicyError> {
             problems.join("\n  ")
         )));
     }
+    let actions = schema
+        .action_entities()
+        .map_err(|e| PolicyError(format!("{SCHEMA_FILE}: actions: {e}")))?;
     Ok(Loaded {
         policies,
+        actions,
         slices: std::sync::Mutex::new(HashMap::new()),
         hash: hash_files(&files),
         descriptions,
@@ -457,6 +479,7 @@ fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
 
 /// The Cedar request and entities for one decision.
 fn build_request(
+    actions: &Entities,
     who: &UserIdentity,
     action: Action,
     resource: &Resource,
@@ -570,6 +593,7 @@ fn build_request(
     let action_uid = uid("Action", action.as_str())?;
     let request = Request::new(user, action_uid, resource_uid, cedar_context, None)
         .map_err(|e| e.to_string())?;
+    entities.extend(actions.iter().cloned());
     let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
     Ok((request, entities))
 }
