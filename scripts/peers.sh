@@ -8,6 +8,8 @@
 #   PAM_TEST_MOTO_URL       http://127.0.0.1:PORT (moto server: STS, IAM, Secrets Manager, SSM, KMS)
 #   PAM_TEST_PG_SCRAM_URL   superuser URL of a PostgreSQL cluster that requires scram-sha-256 and offers TLS
 #   PAM_TEST_PG_SCRAM_CA    the CA that signed the cluster's TLS certificate (verify-full)
+#                           (members of the roles pam_weak_md5 and pam_weak_password log in
+#                           there with md5 and cleartext password authentication instead)
 
 PEER_PIDS=()
 PG_SCRAM_DIR=""
@@ -99,7 +101,9 @@ peers_start() { # RUN_DIR
   log "peers: moto $PAM_TEST_MOTO_URL, scram postgres on port $PG_SCRAM_PORT"
 }
 
-# A PostgreSQL cluster of its own that requires scram-sha-256 over TCP and offers TLS.
+# A PostgreSQL cluster of its own that requires scram-sha-256 over TCP and offers TLS
+# (except for members of pam_weak_md5 and pam_weak_password: md5 and cleartext password,
+# so tests can show the broker refusing weak authentication).
 _start_scram_pg() {
   local run=$1 d=$1/pg port; port=$(_free_port)
   PG_SCRAM_DIR=$d; PG_SCRAM_PORT=$port
@@ -131,10 +135,15 @@ ssl_key_file = '$d/server.key'
 max_connections = 200
 fsync = off
 CONF
-  printf 'local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n' > "$d/data/pg_hba.conf"
+  printf '%s\n' 'local all all trust' \
+    'host all +pam_weak_md5 127.0.0.1/32 md5' \
+    'host all +pam_weak_password 127.0.0.1/32 password' \
+    'host all all 127.0.0.1/32 scram-sha-256' > "$d/data/pg_hba.conf"
   [ "$(id -u)" = 0 ] && chown postgres "$d/data/pg_hba.conf" "$d/data/postgresql.conf"
   "${as[@]}" "$PGBIN/pg_ctl" -D "$d/data" -l "$d/server.log" -w -t 30 start >/dev/null
   PEER_PIDS+=("$(head -1 "$d/data/postmaster.pid")")
+  "${as[@]}" "$PGBIN/psql" -q -h "$d/sock" -p "$port" -U postgres -d postgres \
+    -c 'CREATE ROLE pam_weak_md5 NOLOGIN' -c 'CREATE ROLE pam_weak_password NOLOGIN' >/dev/null
   export PAM_TEST_PG_SCRAM_URL="postgres://postgres:$password@127.0.0.1:$port/postgres"
   export PAM_TEST_PG_SCRAM_CA=$d/ca.crt
 }

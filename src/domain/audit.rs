@@ -61,10 +61,14 @@ pub enum EventKind {
     ExportLagging,
     #[serde(rename = "audit.write_failed")]
     AuditWriteFailed,
+    /// The broker logged in to a database with cleartext or MD5 password
+    /// authentication (a target with `allow_weak_auth = true`).
+    #[serde(rename = "db.weak_auth")]
+    DbWeakAuth,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
         EventKind::LoginLockout,
@@ -90,6 +94,7 @@ impl EventKind {
         EventKind::ServerStop,
         EventKind::ExportLagging,
         EventKind::AuditWriteFailed,
+        EventKind::DbWeakAuth,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +124,7 @@ impl EventKind {
             EventKind::ServerStop => "server.stop",
             EventKind::ExportLagging => "export.lagging",
             EventKind::AuditWriteFailed => "audit.write_failed",
+            EventKind::DbWeakAuth => "db.weak_auth",
         }
     }
 

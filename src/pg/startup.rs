@@ -244,6 +244,26 @@ pub async fn handle(
         }
     };
 
+    // A password that went in cleartext or as MD5 (the target allowed it)
+    // is on record before anything is relayed.
+    if let Some(method) = connected.weak_auth {
+        let event = AuditEvent::new(EventKind::DbWeakAuth, Outcome::Success)
+            .actor(principal.email())
+            .source_ip(Some(peer.ip()))
+            .target(&target.name)
+            .session(live.id())
+            .details(json!({
+                "password_sent": method,
+                "db_user": connected.db_user,
+                "upstream_tls": connected.tls,
+            }));
+        if let Err(e) = room.deps.audit.gate(event).await {
+            let refused = refuse(stream, &Refusal::new("57P03", e.to_string())).await;
+            live.abort(EndReason::Error(e.to_string())).await;
+            return refused;
+        }
+    }
+
     // 4. The relay.
     let ticket = room.cancels.register(
         connected.cancel.clone(),

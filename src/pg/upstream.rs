@@ -3,9 +3,11 @@
 //! credential ([`Upstreams::credential`]: a Secrets Manager password or an
 //! RDS IAM token), the transport ([`Upstreams::transport`]: TCP or an SSM
 //! port route, TLS per the target's `tls` mode), and the login
-//! ([`Upstreams::login_on`]: SCRAM-SHA-256, MD5 or cleartext, then the
-//! server's parameters up to its first `ReadyForQuery`). Every step has a
-//! timeout.
+//! ([`Upstreams::login_on`]: SCRAM-SHA-256, then the server's parameters
+//! up to its first `ReadyForQuery`). Every step has a timeout. A server
+//! asking for the password in cleartext or as MD5 (a replayable hash) is
+//! refused unless the target sets `allow_weak_auth`; the login then says
+//! so ([`Connected::weak_auth`]) for the room to audit.
 //!
 //! Credentials are cached briefly (a secret five minutes, an RDS token ten
 //! of its fifteen); when the database refuses a cached password it is read
@@ -55,6 +57,10 @@ pub enum Error {
     Protocol(String),
     #[error("the database broke the protocol: {0}")]
     Message(#[from] super::protocol::ProtocolError),
+    #[error(
+        "the database asked for the password {0}, which the broker refuses (SCRAM-SHA-256 only; allow_weak_auth = true on the target permits it)"
+    )]
+    WeakAuth(&'static str),
 }
 
 impl Error {
@@ -182,6 +188,9 @@ pub struct Connected {
     pub cancel: cancel::Upstream,
     pub db_user: String,
     pub tls: bool,
+    /// How the password went, when not by SCRAM (`"in cleartext"`, `"as
+    /// MD5"`): only for a target with `allow_weak_auth`.
+    pub weak_auth: Option<&'static str>,
 }
 
 /// A credential for one login.
@@ -413,13 +422,16 @@ impl Transport {
             via,
         } = self;
         let timeout = target.connect_timeout.0;
-        let (stream, parameter_status, status, pid, key) =
-            tokio::time::timeout(timeout, login_on(stream, database, params, login))
-                .await
-                .map_err(|_| Error::Unreachable {
-                    address: address.clone(),
-                    reason: format!("the login did not finish within {}", target.connect_timeout),
-                })??;
+        let allow_weak = target.allow_weak_auth;
+        let (stream, parameter_status, status, pid, key, weak_auth) = tokio::time::timeout(
+            timeout,
+            login_on(stream, database, params, login, allow_weak),
+        )
+        .await
+        .map_err(|_| Error::Unreachable {
+            address: address.clone(),
+            reason: format!("the login did not finish within {}", target.connect_timeout),
+        })??;
         Ok(Connected {
             tls: stream.is_tls(),
             stream,
@@ -435,6 +447,7 @@ impl Transport {
                 via,
             },
             db_user: login.user.clone(),
+            weak_auth,
         })
     }
 }
@@ -513,13 +526,14 @@ where
         .map_err(Error::TlsIo)
 }
 
-type LoggedIn = (Stream, Vec<u8>, u8, i32, Vec<u8>);
+type LoggedIn = (Stream, Vec<u8>, u8, i32, Vec<u8>, Option<&'static str>);
 
 async fn login_on(
     mut stream: Stream,
     database: &str,
     params: &[(String, String)],
     login: &Login,
+    allow_weak: bool,
 ) -> Result<LoggedIn, Error> {
     let io = |e: std::io::Error| Error::Unreachable {
         address: "the database".into(),
@@ -538,6 +552,14 @@ async fn login_on(
     let mut scram: Option<ScramSha256> = None;
     let mut parameter_status = Vec::new();
     let mut backend_key = None;
+    let mut weak_auth = None;
+    let weak = |method: &'static str| {
+        if allow_weak {
+            Ok(Some(method))
+        } else {
+            Err(Error::WeakAuth(method))
+        }
+    };
     loop {
         let (tag, body) = read_message(&mut stream, MAX_STARTUP_MESSAGE)
             .await
@@ -545,8 +567,12 @@ async fn login_on(
         let message = protocol::parse_backend(tag, &body)?;
         let reply = match message {
             Backend::Authentication(Auth::Ok) => None,
-            Backend::Authentication(Auth::Cleartext) => Some(protocol::password_message(password)),
+            Backend::Authentication(Auth::Cleartext) => {
+                weak_auth = weak("in cleartext")?;
+                Some(protocol::password_message(password))
+            }
             Backend::Authentication(Auth::Md5(salt)) => {
+                weak_auth = weak("as MD5")?;
                 let hashed = postgres_protocol::authentication::md5_hash(
                     login.user.as_bytes(),
                     password,
@@ -601,7 +627,7 @@ async fn login_on(
             }
             Backend::ReadyForQuery(status) => {
                 let (pid, key) = backend_key.unwrap_or((0, vec![0; 4]));
-                return Ok((stream, parameter_status, status, pid, key));
+                return Ok((stream, parameter_status, status, pid, key, weak_auth));
             }
             Backend::Error(fields) => {
                 return Err(Error::Refused {

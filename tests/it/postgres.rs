@@ -27,14 +27,28 @@ struct ScramDb {
 
 impl ScramDb {
     async fn create() -> ScramDb {
+        Self::create_in(None).await
+    }
+
+    /// A role in `group`, which the cluster's pg_hba.conf gives weak
+    /// password authentication (`pam_weak_md5`: md5, with the password
+    /// stored as MD5 so the server really asks for it; `pam_weak_password`:
+    /// cleartext).
+    async fn create_in(group: Option<&str>) -> ScramDb {
         let admin = required_env("PAM_TEST_PG_SCRAM_URL");
         let id = uuid::Uuid::new_v4().simple().to_string();
         let role = format!("pamt_{}", &id[..12]);
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
         let database = format!("pamdb_{}", &id[..12]);
         let mut conn = admin_conn(&admin).await;
+        let (encryption, membership) = match group {
+            Some("pam_weak_md5") => ("md5", " IN ROLE pam_weak_md5"),
+            Some("pam_weak_password") => ("scram-sha-256", " IN ROLE pam_weak_password"),
+            _ => ("scram-sha-256", ""),
+        };
         for sql in [
-            format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+            format!("SET password_encryption = '{encryption}'"),
+            format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'{membership}"),
             format!("CREATE DATABASE {database} OWNER {role}"),
         ] {
             sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -1213,4 +1227,55 @@ async fn a_database_behind_an_ssm_port_route_works_like_a_direct_one() {
         fake.calls("StartSession").len(),
         fake.calls("TerminateSession").len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_never_goes_in_cleartext_or_as_md5_unless_the_target_allows_it() {
+    for (group, sent) in [
+        ("pam_weak_md5", "as MD5"),
+        ("pam_weak_password", "in cleartext"),
+    ] {
+        let db = ScramDb::create_in(Some(group)).await;
+        // The cluster really logs this role in that way.
+        stdout(&psql(&db.direct(), &db.password, &["-c", "select 1"]).await);
+        let strict = target("strict", &db, r#"env = "dev""#).await;
+        let lenient = target("lenient", &db, r#"env = "dev""#).await.replace(
+            "connect_timeout = \"5s\"",
+            "connect_timeout = \"5s\"\nallow_weak_auth = true",
+        );
+        assert!(lenient.contains("allow_weak_auth"));
+        let app = broker(format!("{strict}{lenient}")).await;
+        let bob = token(&app, "bob").await;
+
+        let refused = psql(
+            &via_broker(&app, "bob@example.test", "strict"),
+            &bob,
+            &["-c", "select 1"],
+        )
+        .await;
+        assert!(!refused.status.success(), "{group}");
+        let message = text(&refused);
+        assert!(
+            message.contains(&format!("asked for the password {sent}"))
+                && message.contains("allow_weak_auth"),
+            "{group}: {message}"
+        );
+        assert!(app.events("db.weak_auth").await.is_empty());
+
+        let allowed = psql(
+            &via_broker(&app, "bob@example.test", "lenient"),
+            &bob,
+            &["-c", "select current_user"],
+        )
+        .await;
+        assert_eq!(stdout(&allowed).trim(), db.role, "{group}");
+        let weak = app.events("db.weak_auth").await;
+        assert_eq!(weak.len(), 1, "{group}: audited at use");
+        assert_eq!(weak[0].target.as_deref(), Some("lenient"));
+        assert_eq!(weak[0].actor.as_deref(), Some("bob@example.test"));
+        let details = &app.event_details("db.weak_auth").await[0];
+        assert_eq!(details["password_sent"], sent);
+        assert_eq!(details["db_user"], db.role.as_str());
+        assert!(!whole_trail(&app).await.contains(&db.password));
+    }
 }
