@@ -175,6 +175,9 @@ section! {
         client_secret_file: Option<PathBuf> = None,
         groups_claim: String = "groups".to_owned(),
         require_mfa: bool = false,
+        /// Refuse ID tokens that do not carry `email_verified = true` (an
+        /// IdP that never sends the claim needs `false`).
+        require_email_verified: bool = true,
         /// `amr` values that count as a second factor.
         mfa_methods: Vec<String> = ["mfa", "otp", "hwk", "swk", "fido", "webauthn", "sms", "totp"]
             .into_iter().map(str::to_owned).collect(),

@@ -56,6 +56,11 @@ pub struct PostgresTarget {
     pub tls: TlsMode,
     /// CA bundle for `verify-ca` / `verify-full` (e.g. the RDS bundle).
     pub ca_file: Option<PathBuf>,
+    /// Let the broker answer a server that asks for its password in
+    /// cleartext or as MD5 (the default refuses: SCRAM-SHA-256 only).
+    /// Every such login is audited as `db.weak_auth`.
+    #[serde(default)]
+    pub allow_weak_auth: bool,
     /// Reach the database through an SSM port-forwarding session.
     pub via: Option<Via>,
     #[serde(default = "default_connect_timeout")]

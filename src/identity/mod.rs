@@ -238,6 +238,7 @@ impl Identity {
         cli_port: u16,
         cli_challenge: &str,
         login_hint: Option<&str>,
+        browser: &str,
         client: &Client,
     ) -> Result<String, LoginError> {
         let oidc = self.oidc()?;
@@ -269,6 +270,7 @@ impl Identity {
                 pkce_verifier: Some(pkce.verifier),
                 cli_redirect: Some(format!("http://127.0.0.1:{cli_port}/callback")),
                 cli_challenge: Some(cli_challenge.to_owned()),
+                browser_binding: Some(browser_binding(browser)),
                 source_ip: client.ip.map(|ip| ip.to_string()),
                 user_agent: client.user_agent.clone(),
                 created_at: now,
@@ -287,6 +289,7 @@ impl Identity {
         &self,
         return_to: &str,
         login_hint: Option<&str>,
+        browser: &str,
         client: &Client,
     ) -> Result<String, LoginError> {
         let oidc = self.oidc()?;
@@ -312,6 +315,7 @@ impl Identity {
                 nonce: Some(nonce),
                 pkce_verifier: Some(pkce.verifier),
                 cli_redirect: Some(return_to.to_owned()),
+                browser_binding: Some(browser_binding(browser)),
                 source_ip: client.ip.map(|ip| ip.to_string()),
                 user_agent: client.user_agent.clone(),
                 created_at: now,
@@ -326,12 +330,14 @@ impl Identity {
 
     /// Handles the IdP's redirect: validates everything, then hands the CLI
     /// a one-time code through the browser (or, for a web view login, opens
-    /// a web session).
+    /// a web session). `browser` is the pre-login cookie the browser
+    /// carries: the state must be one this browser started (login CSRF).
     pub async fn callback(
         &self,
         state: Option<&str>,
         code: Option<&str>,
         idp_error: Option<&str>,
+        browser: Option<&str>,
         client: &Client,
     ) -> Result<Callback, LoginError> {
         let oidc = self.oidc()?;
@@ -348,6 +354,18 @@ impl Identity {
                 .refuse(None, client, LoginMethod::Sso, "unknown state", json!({}))
                 .await);
         };
+        if !same_browser(request.browser_binding.as_deref(), browser) {
+            // Not spent: the browser that started it may still finish it.
+            return Err(self
+                .refuse(
+                    None,
+                    client,
+                    LoginMethod::Sso,
+                    "login state from another browser",
+                    json!({"client": request.kind, "pre_login_cookie": browser.is_some()}),
+                )
+                .await);
+        }
         let now = now_us();
         if !store::identity::use_login_request(&self.inner.db, state, now)
             .await
@@ -805,15 +823,7 @@ impl Identity {
         let key = match key {
             Ok(key) => key,
             Err(e) => {
-                return Err(self
-                    .refuse(
-                        Some(&who),
-                        client,
-                        LoginMethod::Breakglass,
-                        &e.to_string(),
-                        json!({}),
-                    )
-                    .await);
+                return Err(self.refuse_breakglass(&who, client, &e.to_string()).await);
             }
         };
         let identity = breakglass_identity(username, account.groups.clone());
@@ -868,7 +878,11 @@ impl Identity {
     }
 
     /// Password, TOTP (each step once) and lockouts of a break-glass
-    /// login; every refusal is a `login.failure`.
+    /// login; every refusal is a `login.failure` naming what was wrong,
+    /// and the caller is told only [`BREAKGLASS_REFUSED`]: the answer never
+    /// says whether the account exists or which factor failed. Failures
+    /// lock an account only for the source they came from, so nobody can
+    /// lock the responder out from elsewhere.
     async fn check_breakglass(
         &self,
         username: &str,
@@ -878,7 +892,8 @@ impl Identity {
     ) -> Result<(UserIdentity, store::identity::BreakglassAccount), LoginError> {
         self.check_ip_lock(client).await?;
         let who = breakglass_identity(username, Vec::new());
-        self.check_user_lock(&who.email).await?;
+        let (scope, key) = account_source(&who.email, client);
+        self.check_lock(scope, &key).await?;
         let account = store::identity::get_breakglass(&self.inner.db, username)
             .await
             .map_err(unavailable)?;
@@ -886,25 +901,11 @@ impl Identity {
             // Same cost as a real check: no user enumeration by timing.
             let _ = breakglass::password_matches(password, DUMMY_HASH);
             return Err(self
-                .refuse(
-                    Some(&who),
-                    client,
-                    LoginMethod::Breakglass,
-                    "unknown break-glass account",
-                    json!({}),
-                )
+                .refuse_breakglass(&who, client, "unknown break-glass account")
                 .await);
         };
         if !breakglass::password_matches(password, &account.password_hash) {
-            return Err(self
-                .refuse(
-                    Some(&who),
-                    client,
-                    LoginMethod::Breakglass,
-                    "wrong password",
-                    json!({}),
-                )
-                .await);
+            return Err(self.refuse_breakglass(&who, client, "wrong password").await);
         }
         let now_secs = (now_us() / 1_000_000).max(0) as u64;
         let Some(step) = breakglass::check_totp(
@@ -915,13 +916,7 @@ impl Identity {
             now_secs,
         ) else {
             return Err(self
-                .refuse(
-                    Some(&who),
-                    client,
-                    LoginMethod::Breakglass,
-                    "wrong TOTP code",
-                    json!({}),
-                )
+                .refuse_breakglass(&who, client, "wrong TOTP code")
                 .await);
         };
         if !store::identity::use_totp_step(&self.inner.db, username, step as i64)
@@ -929,15 +924,10 @@ impl Identity {
             .map_err(unavailable)?
         {
             return Err(self
-                .refuse(
-                    Some(&who),
-                    client,
-                    LoginMethod::Breakglass,
-                    "TOTP code already used",
-                    json!({}),
-                )
+                .refuse_breakglass(&who, client, "TOTP code already used")
                 .await);
         }
+        let _ = store::identity::clear_failures(&self.inner.db, scope, &key).await;
         Ok((who, account))
     }
 
@@ -1300,6 +1290,53 @@ impl Identity {
         reason: &str,
         details: serde_json::Value,
     ) -> LoginError {
+        let scope = identity.map(|i| ("user", i.email.clone()));
+        match self
+            .record_failure(identity, client, method, reason, details, scope)
+            .await
+        {
+            Some(until) => LoginError::Locked(format_us(until)),
+            None => LoginError::Refused(format!("login refused: {reason}")),
+        }
+    }
+
+    /// [`Self::refuse`] for a break-glass login: the reason goes to the
+    /// audit trail only, and the account's failures count per source.
+    async fn refuse_breakglass(
+        &self,
+        who: &UserIdentity,
+        client: &Client,
+        reason: &str,
+    ) -> LoginError {
+        let (scope, key) = account_source(&who.email, client);
+        let locked = self
+            .record_failure(
+                Some(who),
+                client,
+                LoginMethod::Breakglass,
+                reason,
+                json!({}),
+                Some((scope, key)),
+            )
+            .await;
+        match locked {
+            Some(until) => LoginError::Locked(format_us(until)),
+            None => LoginError::Refused(BREAKGLASS_REFUSED.into()),
+        }
+    }
+
+    /// Audits a failed login and counts it against the source address and
+    /// `account` (a lockout scope and key); returns the end of a lockout
+    /// this failure started.
+    async fn record_failure(
+        &self,
+        identity: Option<&UserIdentity>,
+        client: &Client,
+        method: LoginMethod,
+        reason: &str,
+        details: serde_json::Value,
+        account: Option<(&str, String)>,
+    ) -> Option<i64> {
         Metrics::inc(&self.inner.metrics.logins_failure);
         let mut event = AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
             .source_ip(client.ip)
@@ -1316,17 +1353,17 @@ impl Identity {
         }
         self.inner.audit.note(event).await;
         let now = now_us();
+        let actor = identity.map(|i| i.email.as_str());
         let mut locked = None;
         if let Some(ip) = client.ip {
-            locked = locked.or(self.count_failure("ip", &ip.to_string(), now).await);
+            locked = locked.or(self
+                .count_failure("ip", &ip.to_string(), None, Some(ip), now)
+                .await);
         }
-        if let Some(identity) = identity {
-            locked = locked.or(self.count_failure("user", &identity.email, now).await);
+        if let Some((scope, key)) = account {
+            locked = locked.or(self.count_failure(scope, &key, actor, client.ip, now).await);
         }
-        match locked {
-            Some(until) => LoginError::Locked(format_us(until)),
-            None => LoginError::Refused(format!("login refused: {reason}")),
-        }
+        locked
     }
 
     /// Audits a refusal for a locked account without counting it again.
@@ -1350,7 +1387,14 @@ impl Identity {
     }
 
     /// Counts a failure; locks the key when the threshold is reached.
-    async fn count_failure(&self, scope: &str, key: &str, now: i64) -> Option<i64> {
+    async fn count_failure(
+        &self,
+        scope: &str,
+        key: &str,
+        actor: Option<&str>,
+        ip: Option<IpAddr>,
+        now: i64,
+    ) -> Option<i64> {
         let db = &self.inner.db;
         let login = &self.inner.login;
         if store::identity::record_failure(db, scope, key, now)
@@ -1378,16 +1422,8 @@ impl Identity {
             .audit
             .note(
                 AuditEvent::new(EventKind::LoginLockout, Outcome::Denied)
-                    .actor(if scope == "user" {
-                        key.to_owned()
-                    } else {
-                        String::from("-")
-                    })
-                    .source_ip(if scope == "ip" {
-                        key.parse().ok()
-                    } else {
-                        None
-                    })
+                    .actor(actor.unwrap_or("-"))
+                    .source_ip(ip)
                     .details(json!({
                         "scope": scope,
                         "key": key,
@@ -1524,6 +1560,33 @@ fn valid_username(name: &str) -> bool {
 fn unavailable(e: store::Error) -> LoginError {
     tracing::error!(error = %e, "identity store error");
     LoginError::Unavailable("the broker's store is unavailable".into())
+}
+
+/// The pre-login cookie as stored: its SHA-256, hex.
+fn browser_binding(cookie: &str) -> String {
+    hex::encode(Sha256::digest(cookie.as_bytes()))
+}
+
+/// Whether the callback's browser holds the cookie its login started with
+/// (constant time).
+fn same_browser(binding: Option<&str>, cookie: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    match (binding, cookie) {
+        (Some(binding), Some(cookie)) => browser_binding(cookie)
+            .as_bytes()
+            .ct_eq(binding.as_bytes())
+            .into(),
+        _ => false,
+    }
+}
+
+/// What a refused break-glass login is told, whatever was wrong.
+pub const BREAKGLASS_REFUSED: &str = "login refused: wrong username, password or TOTP code";
+
+/// The lockout scope and key of an account at one source address.
+fn account_source(email: &str, client: &Client) -> (&'static str, String) {
+    let source = client.ip.map(|ip| ip.to_string()).unwrap_or_default();
+    ("user_source", format!("{email} {source}"))
 }
 
 /// An argon2id hash of a random password, checked against when an account

@@ -80,6 +80,17 @@ impl OidcError {
     }
 }
 
+/// The ID token's `email_verified`: `true`/`false`, also as the strings
+/// some IdPs send (Amazon Cognito); `None` when absent or anything else.
+fn email_verified(payload: &serde_json::Value) -> Option<bool> {
+    match payload.get("email_verified")? {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) if s == "true" => Some(true),
+        serde_json::Value::String(s) if s == "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// A PKCE verifier and its S256 challenge.
 pub struct Pkce {
     pub verifier: String,
@@ -466,10 +477,19 @@ impl Oidc {
             .email()
             .map(|e| e.as_str().to_owned())
             .ok_or_else(|| OidcError::Policy("the ID token carries no email claim".into()))?;
-        if payload.get("email_verified") == Some(&serde_json::Value::Bool(false)) {
-            return Err(OidcError::Policy(
-                "the IdP says the email is not verified".into(),
-            ));
+        match email_verified(&payload) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(OidcError::Policy(
+                    "the IdP says the email is not verified".into(),
+                ));
+            }
+            None if self.config.require_email_verified => {
+                return Err(OidcError::Policy(
+                    "the ID token does not say the email is verified (email_verified; set oidc.require_email_verified = false for an IdP that never sends it)".into(),
+                ));
+            }
+            None => {}
         }
         let groups = match payload.get(&self.config.groups_claim) {
             Some(serde_json::Value::Array(items)) => items

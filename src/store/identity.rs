@@ -34,6 +34,9 @@ pub struct LoginRequest {
     pub created_at: i64,
     pub expires_at: i64,
     pub used_at: Option<i64>,
+    /// SHA-256 (hex) of the pre-login cookie of the browser that started
+    /// a browser or web login; its callback must come from that browser.
+    pub browser_binding: Option<String>,
 }
 
 /// A one-time code waiting for the CLI.
@@ -192,8 +195,8 @@ pub async fn live_sessions(
 pub async fn insert_login_request(db: &Db, r: &LoginRequest) -> Result<()> {
     with_db!(db, pool => {
         sqlx::query(
-            "INSERT INTO login_requests (id, kind, nonce, pkce_verifier, cli_redirect, cli_challenge, device_code, interval_secs, next_poll_at, source_ip, user_agent, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "INSERT INTO login_requests (id, kind, nonce, pkce_verifier, cli_redirect, cli_challenge, device_code, interval_secs, next_poll_at, source_ip, user_agent, created_at, expires_at, browser_binding) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&r.id)
         .bind(&r.kind)
@@ -208,6 +211,7 @@ pub async fn insert_login_request(db: &Db, r: &LoginRequest) -> Result<()> {
         .bind(&r.user_agent)
         .bind(r.created_at)
         .bind(r.expires_at)
+        .bind(&r.browser_binding)
         .execute(pool)
         .await?;
         Ok(())
@@ -217,7 +221,7 @@ pub async fn insert_login_request(db: &Db, r: &LoginRequest) -> Result<()> {
 pub async fn get_login_request(db: &Db, id: &str) -> Result<Option<LoginRequest>> {
     with_db!(db, pool => {
         let row = sqlx::query(
-            "SELECT id, kind, nonce, pkce_verifier, cli_redirect, cli_challenge, device_code, interval_secs, next_poll_at, source_ip, user_agent, created_at, expires_at, used_at \
+            "SELECT id, kind, nonce, pkce_verifier, cli_redirect, cli_challenge, device_code, interval_secs, next_poll_at, source_ip, user_agent, created_at, expires_at, used_at, browser_binding \
              FROM login_requests WHERE id = $1",
         )
         .bind(id)
@@ -239,6 +243,7 @@ pub async fn get_login_request(db: &Db, id: &str) -> Result<Option<LoginRequest>
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
             used_at: row.try_get("used_at")?,
+            browser_binding: row.try_get("browser_binding")?,
         }))
     })
 }

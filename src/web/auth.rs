@@ -61,17 +61,19 @@ pub async fn login(
     Query(q): Query<LoginStart>,
 ) -> Response {
     let client = client(addr, &headers);
+    let (browser, set_cookie) = super::browser::pre_login(&headers, deps.secure_cookies);
     match deps
         .identity
         .start_browser_login(
             q.cli_port,
             &q.cli_challenge,
             q.login_hint.as_deref(),
+            &browser,
             &client,
         )
         .await
     {
-        Ok(url) => Redirect::to(&url).into_response(),
+        Ok(url) => super::browser::with_cookie(Redirect::to(&url).into_response(), set_cookie),
         Err(e) => error_page(&e),
     }
 }
@@ -97,6 +99,7 @@ pub async fn callback(
             q.state.as_deref(),
             q.code.as_deref(),
             q.error.as_deref(),
+            super::browser::pre_login_cookie(&headers).as_deref(),
             &client,
         )
         .await

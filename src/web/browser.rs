@@ -129,6 +129,36 @@ fn csrf_token(token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.finalize()[..24])
 }
 
+/// The cookie that binds a browser login to the browser that started it
+/// (login CSRF): set when `/auth/login` or `/ui/login` sends the browser to
+/// the IdP, required on `/auth/callback`.
+pub const PRE_LOGIN_COOKIE: &str = "pam_login";
+
+/// The browser's pre-login cookie, or a new one; with the `Set-Cookie`
+/// to send when it is new or about to expire. A browser keeps one for
+/// every login it starts, so logins in two tabs both finish.
+pub fn pre_login(headers: &HeaderMap, secure: bool) -> (String, Option<HeaderValue>) {
+    let value = cookie(headers, PRE_LOGIN_COOKIE)
+        .filter(|v| {
+            v.len() == 43
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .unwrap_or_else(|| crate::identity::oidc::random_token(32));
+    let secure = if secure { "; Secure" } else { "" };
+    // Lax: the IdP's redirect back is a top-level cross-site GET.
+    let header = HeaderValue::from_str(&format!(
+        "{PRE_LOGIN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600{secure}"
+    ))
+    .ok();
+    (value, header)
+}
+
+/// The pre-login cookie a callback came with.
+pub fn pre_login_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, PRE_LOGIN_COOKIE)
+}
+
 /// The value of cookie `name`, if the request carries it.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -176,18 +206,27 @@ pub async fn login(
     if q.breakglass.is_some() || !deps.identity.sso_enabled() {
         return breakglass_form(&deps, &next, None, StatusCode::OK);
     }
+    let (browser, set_cookie) = pre_login(&headers, deps.secure_cookies);
     match deps
         .identity
-        .start_web_login(&next, q.login_hint.as_deref(), &client)
+        .start_web_login(&next, q.login_hint.as_deref(), &browser, &client)
         .await
     {
-        Ok(url) => Redirect::to(&url).into_response(),
+        Ok(url) => with_cookie(Redirect::to(&url).into_response(), set_cookie),
         Err(e) => super::ui::message_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Login unavailable",
             &e.to_string(),
         ),
     }
+}
+
+/// `response` with `cookie` set, if any.
+pub fn with_cookie(mut response: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(cookie) = cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 fn breakglass_form(deps: &Deps, next: &str, error: Option<&str>, status: StatusCode) -> Response {

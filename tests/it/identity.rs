@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::peers::{browse, peers_dir};
+use pam::web::browser::PRE_LOGIN_COOKIE;
+
+use crate::support::peers::{browse, browse_for_cookie, peers_dir};
 use crate::support::{LoginFailure, Options, TestApp, free_port, pam_command};
 
 async fn app_with_idp(extra: &str) -> TestApp {
@@ -124,6 +126,42 @@ async fn mfa_is_required_when_configured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_email_the_idp_says_is_verified_names_a_user() {
+    let app = app_with_idp("").await;
+    for user in ["unverified", "silent"] {
+        let refused = app
+            .sso_login(user)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user}'s email is not verified"));
+        assert!(
+            matches!(&refused, LoginFailure::Redirected(m) if m.contains("verified")),
+            "{user}: {refused:?}"
+        );
+    }
+    app.sso_login("alice")
+        .await
+        .expect("a verified email logs in");
+    let reasons: Vec<String> = app
+        .event_details("login.failure")
+        .await
+        .iter()
+        .map(reason_of)
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("not verified"), "{reasons:?}");
+    assert!(reasons[1].contains("email_verified"), "{reasons:?}");
+    assert!(app.events("login.success").await.len() == 1);
+
+    // An IdP that never sends the claim: the operator opts out; an explicit
+    // `false` is still refused.
+    let lenient = app_with_idp("[oidc]\nrequire_email_verified = false\n").await;
+    let silent = lenient.sso_login("silent").await.expect("opted out");
+    assert_eq!(silent.response.user, "silent@example.test");
+    assert!(lenient.sso_login("unverified").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_invalid_id_tokens_are_refused_and_audited() {
     let app = app_with_idp("").await;
     let idp = app.idp.as_ref().unwrap();
@@ -174,6 +212,76 @@ async fn a_new_signing_key_is_fetched_from_the_jwks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_finishes_only_in_the_browser_that_started_it() {
+    let app = app_with_idp("").await;
+    let no_redirects = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    // The attacker logs in as themselves up to the IdP's redirect back,
+    // and makes the victim's browser follow it (a link, an image, a form).
+    for start in [
+        "/ui/login?next=/ui/logins",
+        "/auth/login?cli_port=4242&cli_challenge=CHALLENGE",
+    ] {
+        let start = app.url(&start.replace("CHALLENGE", &pam::identity::oidc::pkce().challenge));
+        let prefix = app.url("/auth/callback");
+        let (attackers_callback, _) = tokio::task::spawn_blocking(move || {
+            browse_for_cookie(&start, &prefix, PRE_LOGIN_COOKIE)
+        })
+        .await
+        .unwrap();
+        assert!(attackers_callback.contains("code="), "{attackers_callback}");
+        // The victim's browser: one with a pre-login cookie of its own, and
+        // one with none.
+        let victim = no_redirects();
+        let own = victim
+            .get(app.url("/ui/login?next=/ui/"))
+            .send()
+            .await
+            .unwrap();
+        let victims_cookie = own
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{PRE_LOGIN_COOKIE}=")))
+            .and_then(|v| v.split(';').next())
+            .expect("a login start sets the pre-login cookie")
+            .to_owned();
+        for cookie in [Some(victims_cookie.as_str()), None] {
+            let mut request = victim.get(&attackers_callback);
+            if let Some(cookie) = cookie {
+                request = request.header("cookie", cookie);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{attackers_callback}");
+            assert!(
+                response
+                    .headers()
+                    .get_all("set-cookie")
+                    .iter()
+                    .all(|v| !v.to_str().unwrap().starts_with("pam_web=")),
+                "no web session for the victim"
+            );
+            let page = response.text().await.unwrap();
+            assert!(page.contains("another browser"), "{page}");
+        }
+    }
+    let failures = app.event_details("login.failure").await;
+    assert_eq!(failures.len(), 4, "{failures:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| reason_of(f) == "login state from another browser"),
+        "{failures:?}"
+    );
+    assert!(app.events("login.success").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_state_is_refused() {
     let app = app_with_idp("").await;
     let pkce = pam::identity::oidc::pkce();
@@ -183,13 +291,28 @@ async fn a_replayed_state_is_refused() {
         pkce.challenge
     ));
     let callback_prefix = app.url("/auth/callback");
-    let callback = tokio::task::spawn_blocking(move || browse(&start, Some(&callback_prefix)))
+    let (callback, browser) = tokio::task::spawn_blocking(move || {
+        browse_for_cookie(&start, &callback_prefix, PRE_LOGIN_COOKIE)
+    })
+    .await
+    .unwrap();
+    assert!(callback.contains("state="), "{callback}");
+    let same_browser = format!("{PRE_LOGIN_COOKIE}={browser}");
+    let first = app
+        .client
+        .get(&callback)
+        .header("cookie", &same_browser)
+        .send()
         .await
         .unwrap();
-    assert!(callback.contains("state="), "{callback}");
-    let first = app.client.get(&callback).send().await.unwrap();
     assert_eq!(first.status(), 303, "the first use redirects to the CLI");
-    let second = app.client.get(&callback).send().await.unwrap();
+    let second = app
+        .client
+        .get(&callback)
+        .header("cookie", &same_browser)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(second.status(), 401);
     let page = second.text().await.unwrap();
     assert!(page.contains("replayed state"), "{page}");
@@ -267,12 +390,20 @@ async fn a_reused_authorization_code_is_refused_by_the_idp_and_audited() {
             pkce.challenge
         ));
         let prefix = app.url("/auth/callback");
-        move || browse(&start, Some(&prefix))
+        move || browse_for_cookie(&start, &prefix, PRE_LOGIN_COOKIE)
     };
-    let first = tokio::task::spawn_blocking(callback_of(&app))
+    let (first, browser) = tokio::task::spawn_blocking(callback_of(&app))
         .await
         .unwrap();
-    assert_eq!(app.client.get(&first).send().await.unwrap().status(), 303);
+    let same_browser = format!("{PRE_LOGIN_COOKIE}={browser}");
+    let first_response = app
+        .client
+        .get(&first)
+        .header("cookie", &same_browser)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first_response.status(), 303);
     let first_code = url::Url::parse(&first)
         .unwrap()
         .query_pairs()
@@ -281,9 +412,10 @@ async fn a_reused_authorization_code_is_refused_by_the_idp_and_audited() {
         .1
         .into_owned();
     // A second login presents the first login's (spent) code with its own state.
-    let second = tokio::task::spawn_blocking(callback_of(&app))
+    let (second, browser) = tokio::task::spawn_blocking(callback_of(&app))
         .await
         .unwrap();
+    let same_browser = format!("{PRE_LOGIN_COOKIE}={browser}");
     let mut replay = url::Url::parse(&second).unwrap();
     let state = replay
         .query_pairs()
@@ -296,7 +428,13 @@ async fn a_reused_authorization_code_is_refused_by_the_idp_and_audited() {
         .clear()
         .append_pair("state", &state)
         .append_pair("code", &first_code);
-    let response = app.client.get(replay.as_str()).send().await.unwrap();
+    let response = app
+        .client
+        .get(replay.as_str())
+        .header("cookie", &same_browser)
+        .send()
+        .await
+        .unwrap();
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.contains("error=access_denied"), "{location}");
     let failures = app.event_details("login.failure").await;
@@ -686,4 +824,195 @@ async fn break_glass_login_is_loud_and_single_use_per_code() {
     );
     let change = app.event_details("admin.change").await;
     assert_eq!(change[0]["change"], "breakglass.add");
+}
+
+/// Adds break-glass account `name`; returns its password and TOTP secret.
+fn add_breakglass(app: &TestApp, name: &str) -> (String, String) {
+    let out = app
+        .pam()
+        .args(["admin", "breakglass", "add", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    (field("password:"), field("TOTP secret:"))
+}
+
+fn totp_now(secret: &str) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    pam::identity::breakglass::current_code(secret, now).unwrap()
+}
+
+/// A JSON break-glass login from `source` (a loopback address of the
+/// machine): the HTTP status and the whole body.
+async fn breakglass_from(
+    app: &TestApp,
+    source: [u8; 4],
+    username: &str,
+    password: &str,
+    totp: &str,
+) -> (u16, String) {
+    let key = pam::identity::new_client_key();
+    let proof = pam::identity::cert::sign_proof(&key, &format!("breakglass:{username}")).unwrap();
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(source))
+        .build()
+        .unwrap();
+    let response = client
+        .post(app.url("/api/v1/auth/breakglass"))
+        .json(&serde_json::json!({
+            "username": username,
+            "password": password,
+            "totp": totp,
+            "public_key": key.public_key().to_openssh().unwrap(),
+            "proof": proof,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_answers_never_tell_which_part_was_wrong() {
+    let app = TestApp::spawn().await;
+    let (password, secret) = add_breakglass(&app, "ops");
+    let (_, other_secret) = add_breakglass(&app, "spare");
+    let code = totp_now(&secret);
+    let wrong_code = totp_now(&other_secret);
+    let wrong_code = if wrong_code == code {
+        format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000)
+    } else {
+        wrong_code
+    };
+    let source = [127, 0, 0, 1];
+    let unknown = breakglass_from(&app, source, "nobody", &password, &code).await;
+    let wrong_password = breakglass_from(&app, source, "ops", "not-the-password", &code).await;
+    let wrong_totp = breakglass_from(&app, source, "ops", &password, &wrong_code).await;
+    let ok = breakglass_from(&app, source, "ops", &password, &code).await;
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    let reused = breakglass_from(&app, source, "ops", &password, &code).await;
+    assert_eq!(unknown.0, 401, "{}", unknown.1);
+    for (what, answer) in [
+        ("a wrong password", &wrong_password),
+        ("a wrong TOTP code", &wrong_totp),
+        ("a reused TOTP code", &reused),
+    ] {
+        assert_eq!(
+            answer, &unknown,
+            "{what} is answered exactly like an unknown account"
+        );
+    }
+    // The web view's form says no more.
+    let form = app
+        .client
+        .get(app.url("/ui/login?breakglass=1"))
+        .send()
+        .await
+        .unwrap();
+    let csrf_cookie = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("pam_login_csrf="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let mut pages = Vec::new();
+    for (username, password) in [("nobody", password.as_str()), ("ops", "not-the-password")] {
+        let page = app
+            .client
+            .post(app.url("/ui/login/breakglass"))
+            .header("cookie", format!("pam_login_csrf={csrf_cookie}"))
+            .form(&[
+                ("csrf", csrf_cookie.as_str()),
+                ("username", username),
+                ("password", password),
+                ("totp", code.as_str()),
+                ("next", "/ui/"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 401);
+        let text = page.text().await.unwrap();
+        pages.push(text.replace(&csrf_cookie, ""));
+    }
+    // The form carries a fresh CSRF token each time; the rest is the same.
+    let strip = |page: &str| {
+        let mut out = String::new();
+        for part in page.split("value=\"") {
+            out.push_str(part.split_once('"').map(|(_, rest)| rest).unwrap_or(part));
+        }
+        out
+    };
+    assert_eq!(strip(&pages[0]), strip(&pages[1]));
+
+    // The detail is in the audit trail, for the people investigating.
+    let reasons: Vec<String> = app
+        .event_details("login.failure")
+        .await
+        .iter()
+        .map(reason_of)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "unknown break-glass account",
+            "wrong password",
+            "wrong TOTP code",
+            "TOTP code already used",
+            "unknown break-glass account",
+            "wrong password",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_elsewhere_cannot_lock_the_responder_out_of_break_glass() {
+    let app = TestApp::spawn_with(Options {
+        toml: "[login]\nmax_failures = 3\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let (password, secret) = add_breakglass(&app, "ops");
+    // An attacker at another address guesses until locked out.
+    let attacker = [127, 0, 0, 2];
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            breakglass_from(&app, attacker, "ops", "guess", "000000")
+                .await
+                .0,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 429], "the third failure locks");
+    let (status, body) =
+        breakglass_from(&app, attacker, "ops", &password, &totp_now(&secret)).await;
+    assert_eq!(status, 429, "the attacker's source is locked: {body}");
+    // The responder, elsewhere, still gets in.
+    let (status, body) =
+        breakglass_from(&app, [127, 0, 0, 3], "ops", &password, &totp_now(&secret)).await;
+    assert_eq!(status, 200, "{body}");
+    let lockouts = app.event_details("login.lockout").await;
+    assert!(!lockouts.is_empty());
+    assert!(
+        lockouts
+            .iter()
+            .all(|l| l["key"].as_str().unwrap_or_default().contains("127.0.0.2")),
+        "{lockouts:?}"
+    );
 }

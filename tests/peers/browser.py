@@ -3,7 +3,7 @@
 
     browser.py URL [--stop-prefix PREFIX] [--print-cookie NAME]
 
-Keeps cookies, follows redirects one by one, submits the first form on a
+Keeps cookies (sending `Secure` ones to loopback, as browsers do), follows redirects one by one, submits the first form on a
 page (oidc-provider's device confirm page, form_post pages), and stops at a
 page without a form, or as soon as the next URL starts with PREFIX (without
 requesting it). Prints the last URL on stdout and, on a final page, its
@@ -25,6 +25,17 @@ import urllib.parse
 import urllib.request
 
 
+class LoopbackIsSecure(http.cookiejar.DefaultCookiePolicy):
+    """Sends `Secure` cookies to http://127.0.0.1 and localhost, as real
+    browsers do (loopback is a potentially trustworthy origin)."""
+
+    def return_ok_secure(self, cookie, request):
+        host = urllib.parse.urlsplit(request.get_full_url()).hostname
+        if host in ("127.0.0.1", "localhost", "::1"):
+            return True
+        return super().return_ok_secure(cookie, request)
+
+
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
@@ -36,7 +47,7 @@ def main(argv):
     if "--stop-prefix" in argv:
         stop = argv[argv.index("--stop-prefix") + 1]
     cookie = argv[argv.index("--print-cookie") + 1] if "--print-cookie" in argv else None
-    jar = http.cookiejar.CookieJar()
+    jar = http.cookiejar.CookieJar(LoopbackIsSecure())
 
     def done(last):
         print(last)

@@ -32,7 +32,8 @@ const AUTO = (process.env.IDP_AUTO_LOGIN ?? '1') !== '0';
 const CLIENT_ID = process.env.IDP_CLIENT_ID || 'pam';
 
 // Users, their groups and how they authenticate (amr). alice and carol use a
-// second factor, bob a password only.
+// second factor, bob a password only. Every email is verified
+// (email_verified: true) except unverified's (false) and silent's (no claim).
 const USERS = {
   alice: { email: 'alice@example.test', name: 'Alice Admin', groups: ['pam-admins', 'engineers'], amr: ['pwd', 'otp'] },
   bob: { email: 'bob@example.test', name: 'Bob Builder', groups: ['engineers'], amr: ['pwd'] },
@@ -40,6 +41,9 @@ const USERS = {
   dave: { email: 'dave@example.test', name: 'Dave Analyst', groups: ['analysts'], amr: ['pwd', 'otp'] },
   erin: { email: 'erin@example.test', name: 'Erin Auditor', groups: ['auditors'], amr: ['pwd', 'otp'] },
   noemail: { name: 'No Email', groups: [], amr: ['pwd', 'otp'] },
+  // email_verified false, and absent (as some IdPs never send it).
+  unverified: { email: 'unverified@example.test', name: 'Una Verified', groups: ['engineers'], amr: ['pwd', 'otp'], verified: false },
+  silent: { email: 'silent@example.test', name: 'Sil Ent', groups: ['engineers'], amr: ['pwd', 'otp'], verified: null },
 };
 
 function rsaJwk(kid) {
@@ -81,7 +85,8 @@ const provider = new Provider(ISSUER, {
       accountId: id,
       async claims() {
         const c = { sub: id, name: u.name, preferred_username: id, groups: u.groups };
-        if (u.email) Object.assign(c, { email: u.email, email_verified: true });
+        if (u.email) c.email = u.email;
+        if (u.email && u.verified !== null) c.email_verified = u.verified ?? true;
         return c;
       },
     };
