@@ -141,7 +141,7 @@ impl Shared {
     fn fault(&self, fault: Fault) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let tell = self.on_fault.lock().ok().and_then(|mut f| f.take());
+        let tell = crate::sync::lock(&self.on_fault).take();
         if let Some(tell) = tell {
             tell(fault);
         }

@@ -275,15 +275,20 @@ impl Connection {
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
-    /// Sent once, before the first authentication request is answered.
+    /// Sent once, before the first authentication request is answered:
+    /// while the store is unreachable every login is refused (the broker
+    /// session cannot be checked, nothing can be recorded), at once, and
+    /// this says why instead of a bare "Permission denied". OpenSSH prints it.
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
         let answers = tokio::time::timeout(STORE_PROBE, self.shared.deps.audit.ping())
             .await
             .unwrap_or(false);
-        if !answers {
-            tracing::warn!("the store does not answer: SSH clients are told so in a banner");
+        if answers {
+            return Ok(None);
         }
-        Ok((!answers).then(|| STORE_DOWN_BANNER.to_owned()))
+        tracing::warn!("the store does not answer: SSH clients are told so in a banner");
+        lock(&self.state).store_down = true;
+        Ok(Some(STORE_DOWN_BANNER.to_owned()))
     }
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
@@ -346,7 +351,7 @@ impl russh::server::Handler for Connection {
         }
         // The store did not answer at the start of this connection: refused
         // at once rather than after the store's own timeouts.
-        if self.state.lock().is_ok_and(|s| s.store_down) {
+        if lock(&self.state).store_down {
             return Ok(self
                 .refuse(
                     user,
@@ -450,23 +455,6 @@ impl russh::server::Handler for Connection {
             reason: None,
         }));
         Ok(Auth::Accept)
-    }
-
-    /// Sent before authentication: while the store is unreachable every
-    /// login is refused (the broker session cannot be checked, nothing can
-    /// be recorded), and this says why instead of a bare "Permission
-    /// denied". OpenSSH prints it.
-    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
-        if self.shared.deps.audit.ping().await {
-            return Ok(None);
-        }
-        if let Ok(mut state) = self.state.lock() {
-            state.store_down = true;
-        }
-        Ok(Some(
-            "pam: refused: the broker cannot reach its audit store; logins are refused until it is back\r\n"
-                .into(),
-        ))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
