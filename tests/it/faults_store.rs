@@ -44,7 +44,9 @@ pub(crate) async fn session(w: &World, target: &str) -> (Outcome, Duration) {
             let stderr = text(&out.stderr);
             if out.status.success() && text(&out.stdout) == "ok\n" {
                 Outcome::Ok
-            } else if out.status.code() == Some(255) && stderr.contains("refused") {
+            } else if out.status.code() == Some(255)
+                && (stderr.contains("refused") || stderr.contains("cannot reach its store"))
+            {
                 Outcome::Refused(stderr.trim().to_owned())
             } else {
                 Outcome::Broken(format!("exit {:?}: {stderr}", out.status.code()))
