@@ -85,8 +85,8 @@ const STORE_PROBE: Duration = Duration::from_secs(2);
 /// The banner a client gets when the broker cannot reach its store: SSH has
 /// no text in an authentication failure, so without it the user would see
 /// only "Permission denied (publickey)" and suspect their credentials.
-const STORE_DOWN_BANNER: &str = "pam: the broker cannot reach its store (the audit trail and \
-     sessions), so it refuses every login until the store is back. Your credentials are fine: \
+const STORE_DOWN_BANNER: &str = "pam: refused: the broker cannot reach its store (the audit \
+     trail and sessions), so every login is refused until the store is back. Your credentials are fine: \
      try again later, or tell the broker's operators.\r\n";
 
 /// Held by the connection task: audits a connection that never
