@@ -159,6 +159,57 @@ pub struct TargetInfo {
     pub requires: Vec<String>,
 }
 
+/// `POST /api/v1/targets/check` (admin): which targets to check (all when empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetsCheckRequest {
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// The checks of one target (`pam targets check --json`, one per line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub kind: String,
+    pub ok: bool,
+    pub checks: Vec<CheckLine>,
+}
+
+/// One check: what, whether it passed, what was found, what to change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckLine {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// `GET /api/v1/targets/{name}/explain`: what an aws target's role may do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleExplain {
+    pub target: String,
+    pub role_arn: String,
+    pub policies: Vec<ExplainedPolicy>,
+    /// service -> (actions, resources), denials under "SERVICE (denied)".
+    pub services: std::collections::BTreeMap<String, ExplainedService>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplainedPolicy {
+    pub name: String,
+    /// `attached` (managed, with its ARN) or `inline`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplainedService {
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
 /// `POST /api/v1/aws/credentials` and `/api/v1/aws/console`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AwsRequest {

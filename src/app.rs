@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{self, Audit};
 use crate::aws::Aws;
 use crate::config::Config;
-use crate::config::TargetConfig;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::principal::CertGrants;
@@ -170,7 +169,15 @@ pub async fn run_with(
         config.recordings_dir(),
         config.server.shutdown_grace.0,
     );
-    let targets = Arc::new(config.targets.clone());
+    let aws = Aws::load_for(&config.aws, &env, config.uses_aws()).await;
+    let discovery = crate::discovery::Discovery::new(
+        config.discovery.clone(),
+        config.targets.clone(),
+        aws.clone(),
+        audit.clone(),
+        &node,
+    );
+    let targets = discovery.targets();
     identity.set_grants(grants_from_policy(engine.clone(), targets.clone()));
     let dev_breakglass = if config.dev && !identity.breakglass_exists().await? {
         let enrolment = identity
@@ -193,7 +200,6 @@ pub async fn run_with(
     let postgres_public = config.postgres_public_addr(pg_listener.local_addr()?);
     let pg_tls = pg::tls::server_config(&config, pg::tls::host_of(&postgres_public))
         .context("TLS for the PostgreSQL listener")?;
-    let aws = Aws::load_for(&config.aws, &env, config.uses_aws()).await;
     let exporter = crate::export::Exporter::new(
         &config.exports,
         &env,
@@ -232,6 +238,7 @@ pub async fn run_with(
         gate: gate.clone(),
         sessions: sessions.clone(),
         targets: targets.clone(),
+        discovery: (!config.discovery.is_empty()).then(|| discovery.clone()),
         metrics: metrics.clone(),
         ssh_user_ca: keys::openssh_public(&keys.ssh_user_ca, "pam-user-ca"),
         ssh_target_ca: keys::openssh_public(&keys.ssh_target_ca, "pam-target-ca"),
@@ -275,6 +282,10 @@ pub async fn run_with(
     );
     rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
     rooms.spawn(exporter.run(stop_rooms.clone()));
+    if !config.discovery.is_empty() {
+        rooms.spawn(discovery.clone().run(stop_rooms.clone()));
+        rooms.spawn(refresh_on_sighup(discovery.clone(), stop_rooms.clone()));
+    }
     rooms.spawn(
         sessions
             .clone()
@@ -374,7 +385,7 @@ fn policy_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
 /// Certificate principals and forwarding decided by policy: the user's own
 /// name plus every login they may reach on an SSH target (with a reason),
 /// forwarding only if some target permits it.
-fn grants_from_policy(engine: Arc<Engine>, targets: Arc<Vec<TargetConfig>>) -> GrantsFn {
+fn grants_from_policy(engine: Arc<Engine>, targets: crate::discovery::Targets) -> GrantsFn {
     Arc::new(move |identity| {
         let mut grants = CertGrants {
             principals: vec![identity.email.clone()],
@@ -384,7 +395,7 @@ fn grants_from_policy(engine: Arc<Engine>, targets: Arc<Vec<TargetConfig>>) -> G
             reason: Some("stated".into()),
             ..RequestContext::default()
         };
-        for target in targets.iter() {
+        for target in targets.snapshot().iter() {
             let crate::config::TargetKind::Ssh(ssh) = &target.kind else {
                 continue;
             };
@@ -415,6 +426,30 @@ fn grants_from_policy(engine: Arc<Engine>, targets: Arc<Vec<TargetConfig>>) -> G
         }
         grants
     })
+}
+
+/// `[[discovery]]` refreshes every source when the broker gets SIGHUP.
+async fn refresh_on_sighup(discovery: crate::discovery::Discovery, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: discovery refreshes on its interval only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hangup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: refreshing discovery");
+                discovery.refresh_now();
+            }
+        }
+    }
 }
 
 /// Deletes finished logins and one-time codes every ten minutes.

@@ -8,6 +8,7 @@
 //! Read `ARCHITECTURE.md` first; modules are listed in reading order.
 
 pub mod api;
+pub mod discovery;
 pub mod domain;
 
 pub mod config;

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::Aws;
 use super::sts::{self, AssumeRequest, Assumed};
 use crate::audit::Audit;
-use crate::config::{AwsConfig, TargetConfig, TargetKind};
+use crate::config::{AwsConfig, TargetKind};
 use crate::domain::audit::{AuditEvent, EventKind, Outcome, format_us, now_us};
 use crate::domain::policy::{Action, Denied, RequestContext, Resource};
 use crate::domain::principal::Principal;
@@ -29,7 +29,7 @@ pub struct AwsAccess {
     gate: Gate,
     audit: Audit,
     metrics: Arc<Metrics>,
-    targets: Arc<Vec<TargetConfig>>,
+    targets: crate::discovery::Targets,
     config: AwsConfig,
     issuer: String,
 }
@@ -77,7 +77,7 @@ impl AwsAccess {
         gate: Gate,
         audit: Audit,
         metrics: Arc<Metrics>,
-        targets: Arc<Vec<TargetConfig>>,
+        targets: crate::discovery::Targets,
         config: AwsConfig,
         issuer: String,
     ) -> Self {
@@ -93,6 +93,11 @@ impl AwsAccess {
     }
 
     /// Credentials for `request.role` (`POST /api/v1/aws/credentials`).
+    /// The broker's AWS access (for `pam targets check`).
+    pub fn aws(&self) -> &Aws {
+        &self.aws
+    }
+
     pub async fn credentials(&self, request: &Request<'_>) -> Result<Issued, AccessError> {
         let result = self.issue(request).await;
         self.record(EventKind::AwsCredentialsIssued, request, &result)
@@ -140,8 +145,8 @@ impl AwsAccess {
         }
         let target = self
             .targets
-            .iter()
-            .find(|t| t.name == request.role && matches!(t.kind, TargetKind::Aws(_)))
+            .get(request.role)
+            .filter(|t| matches!(t.kind, TargetKind::Aws(_)))
             .ok_or_else(|| {
                 AccessError::NotFound(format!("no AWS role {:?} (see `pam ls aws`)", request.role))
             })?;

@@ -145,3 +145,110 @@ pub async fn execute_command(
         token: SecretString::from(field(session.token_value(), "token")?),
     })
 }
+
+/// What discovery and `pam targets check` need of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub arn: String,
+    pub cluster: String,
+    pub task_definition: Option<String>,
+    pub enable_execute_command: bool,
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// What a task definition says: its containers and its task role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDefinitionInfo {
+    pub containers: Vec<String>,
+    pub task_role_arn: Option<String>,
+}
+
+/// Every service of `cluster` with its tags (`ListServices`, then
+/// `DescribeServices` with `include=TAGS`, ten at a time), at most `limit`.
+pub async fn services(
+    aws: &Aws,
+    cluster: &str,
+    limit: usize,
+) -> Result<Vec<ServiceInfo>, ApiError> {
+    let client = aws.ecs();
+    let mut arns = Vec::new();
+    let mut next_token = None;
+    loop {
+        let page = client
+            .list_services()
+            .cluster(cluster)
+            .set_next_token(next_token)
+            .send()
+            .await
+            .map_err(|e| from_sdk(SERVICE, "ListServices", e))?;
+        arns.extend(page.service_arns().iter().cloned());
+        next_token = page.next_token().map(str::to_owned);
+        if next_token.is_none() || arns.len() >= limit {
+            break;
+        }
+    }
+    arns.truncate(limit);
+    let mut out = Vec::new();
+    for chunk in arns.chunks(10) {
+        out.extend(describe_services(aws, cluster, chunk).await?);
+    }
+    Ok(out)
+}
+
+/// `DescribeServices` with tags for up to ten names or ARNs.
+pub async fn describe_services(
+    aws: &Aws,
+    cluster: &str,
+    services: &[String],
+) -> Result<Vec<ServiceInfo>, ApiError> {
+    let output = aws
+        .ecs()
+        .describe_services()
+        .cluster(cluster)
+        .set_services(Some(services.to_vec()))
+        .include(aws_sdk_ecs::types::ServiceField::Tags)
+        .send()
+        .await
+        .map_err(|e| from_sdk(SERVICE, "DescribeServices", e))?;
+    Ok(output
+        .services()
+        .iter()
+        .filter_map(|s| {
+            Some(ServiceInfo {
+                name: s.service_name()?.to_owned(),
+                arn: s.service_arn().unwrap_or_default().to_owned(),
+                cluster: cluster.to_owned(),
+                task_definition: s.task_definition().map(str::to_owned),
+                enable_execute_command: s.enable_execute_command(),
+                tags: s
+                    .tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+                    .collect(),
+            })
+        })
+        .collect())
+}
+
+/// `DescribeTaskDefinition`: container names and the task role.
+pub async fn task_definition(aws: &Aws, arn: &str) -> Result<TaskDefinitionInfo, ApiError> {
+    let output = aws
+        .ecs()
+        .describe_task_definition()
+        .task_definition(arn)
+        .send()
+        .await
+        .map_err(|e| from_sdk(SERVICE, "DescribeTaskDefinition", e))?;
+    let definition = output
+        .task_definition()
+        .ok_or_else(|| ApiError::missing(SERVICE, "DescribeTaskDefinition", "taskDefinition"))?;
+    Ok(TaskDefinitionInfo {
+        containers: definition
+            .container_definitions()
+            .iter()
+            .filter_map(|c| c.name().map(str::to_owned))
+            .collect(),
+        task_role_arn: definition.task_role_arn().map(str::to_owned),
+    })
+}

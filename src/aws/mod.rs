@@ -9,12 +9,16 @@
 //! rustls with ring) serves every service.
 
 pub mod credentials;
+pub mod ec2;
 pub mod ecs;
 pub mod error;
 pub mod federation;
+pub mod iam;
 pub mod kms;
 pub mod logs;
+pub mod query;
 pub mod rds;
+pub mod rds_describe;
 pub mod s3;
 pub mod secrets;
 pub mod ssm;
@@ -193,6 +197,15 @@ impl Aws {
             builder = builder.endpoint_url(url);
         }
         aws_sdk_ssm::Client::from_conf(builder.build())
+    }
+
+    /// IAM (a global service; `AWS_ENDPOINT_URL_IAM`).
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        let mut builder = aws_sdk_iam::config::Builder::from(&self.sdk);
+        if let Some(url) = self.endpoint("iam") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_iam::Client::from_conf(builder.build())
     }
 
     pub fn kms(&self) -> aws_sdk_kms::Client {

@@ -90,3 +90,46 @@ pub async fn terminate_session(aws: &Aws, session_id: &str) -> Result<(), ApiErr
         .map_err(|e| from_sdk(SERVICE, "TerminateSession", e))?;
     Ok(())
 }
+
+/// Managed instances SSM knows among `instance_ids`, with their ping status
+/// (`DescribeInstanceInformation`, filtered by id, fifty at a time).
+pub async fn managed_instances(
+    aws: &Aws,
+    instance_ids: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let client = aws.ssm();
+    let mut out = std::collections::BTreeMap::new();
+    for chunk in instance_ids.chunks(50) {
+        let mut next_token = None;
+        loop {
+            let filter = aws_sdk_ssm::types::InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(chunk.to_vec()))
+                .build()
+                .map_err(|e| {
+                    ApiError::new(SERVICE, "DescribeInstanceInformation", None, e.to_string())
+                })?;
+            let page = client
+                .describe_instance_information()
+                .filters(filter)
+                .set_next_token(next_token)
+                .send()
+                .await
+                .map_err(|e| from_sdk(SERVICE, "DescribeInstanceInformation", e))?;
+            for info in page.instance_information_list() {
+                if let Some(id) = info.instance_id() {
+                    let ping = info
+                        .ping_status()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default();
+                    out.insert(id.to_owned(), ping);
+                }
+            }
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

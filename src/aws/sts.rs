@@ -98,3 +98,17 @@ pub async fn assume_role(aws: &Aws, request: &AssumeRequest) -> Result<Assumed, 
         assumed_role_arn: output.assumed_role_user().map(|u| u.arn().to_owned()),
     })
 }
+
+/// `GetCallerIdentity`: the ARN of the broker's own principal.
+pub async fn caller_arn(aws: &Aws) -> Result<String, crate::aws::error::ApiError> {
+    let output = aws
+        .sts()
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| crate::aws::error::from_sdk("sts", "GetCallerIdentity", e))?;
+    output
+        .arn()
+        .map(str::to_owned)
+        .ok_or_else(|| crate::aws::error::ApiError::missing("sts", "GetCallerIdentity", "Arn"))
+}

@@ -12,6 +12,7 @@ mod login;
 mod policy;
 mod serve;
 mod ssh;
+mod targets;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -80,6 +81,11 @@ enum Command {
     },
     /// List the targets you may use.
     Ls(policy::LsArgs),
+    /// Target administration through the broker (`pam targets check`).
+    Targets {
+        #[command(subcommand)]
+        command: targets::TargetsCommand,
+    },
     /// Short-lived AWS credentials (CLI/SDK credential_process, shell, console).
     Aws {
         #[command(subcommand)]
@@ -234,6 +240,7 @@ async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Res
         Command::Db { command } => db::run(command, env).await,
         Command::Policy { command } => policy::run(command, &env),
         Command::Ls(args) => policy::ls(args, env).await,
+        Command::Targets { command } => targets::run(command, env).await,
         Command::Ssh(args) => ssh::ssh(args, &env),
         Command::Exec(args) => ssh::exec(args, &env),
         Command::Config {

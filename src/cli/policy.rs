@@ -195,6 +195,9 @@ pub struct LsArgs {
     kind: Option<String>,
     #[arg(long)]
     json: bool,
+    /// What an aws target's role may do (its policies, by service and action).
+    #[arg(long, value_name = "ROLE", conflicts_with = "kind")]
+    explain: Option<String>,
 }
 
 pub async fn ls(args: LsArgs, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
@@ -202,6 +205,9 @@ pub async fn ls(args: LsArgs, env: HashMap<String, String>) -> anyhow::Result<Ex
         && !["ssh", "db", "postgres", "aws", "ecs"].contains(&kind.as_str())
     {
         bail!("kind must be ssh, db, aws or ecs");
+    }
+    if let Some(role) = &args.explain {
+        return super::targets::explain(role, args.json, env).await;
     }
     let home = Home::locate(&env)?;
     let broker = Broker::from_home(&home, &env)?;

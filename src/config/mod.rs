@@ -6,6 +6,7 @@
 //! names an environment variable or a file that holds them, and they are loaded
 //! into [`secrecy::SecretString`], which never prints.
 
+mod discovery;
 mod export;
 mod sections;
 mod targets;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 pub use crate::domain::duration::HumanDuration;
+pub use discovery::*;
 pub use export::*;
 pub use sections::*;
 pub use targets::*;
@@ -38,6 +40,8 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// `[[export]]`: SIEM sinks the audit trail is copied to.
     pub exports: Vec<ExportConfig>,
+    /// `[[discovery]]`: AWS resources tagged as targets, read periodically.
+    pub discovery: Vec<DiscoveryConfig>,
     /// True for `pam serve --dev`: loopback only, cleartext PostgreSQL on
     /// loopback allowed, insecure cookies allowed.
     pub dev: bool,
@@ -85,6 +89,7 @@ impl Config {
         let mut errors = Vec::new();
         let targets_value = table.remove("target");
         let exports_value = table.remove("export");
+        let discovery_value = table.remove("discovery");
         let mut sections: BTreeMap<String, BTreeMap<String, Source>> = BTreeMap::new();
         for (name, value) in table {
             match value {
@@ -142,6 +147,7 @@ impl Config {
         }
         let targets = read_targets(targets_value, &mut errors);
         let exports = read_exports(exports_value, &mut errors);
+        let discovery = discovery::read_discovery(discovery_value, &mut errors);
 
         let mut config = Config {
             server,
@@ -154,6 +160,7 @@ impl Config {
             aws,
             targets,
             exports,
+            discovery,
             dev,
         };
         config.check(&mut errors);
@@ -288,10 +295,11 @@ impl Config {
     pub fn uses_aws(&self) -> bool {
         let target_uses = |t: &TargetConfig| match &t.kind {
             TargetKind::Aws(_) | TargetKind::Ecs(_) => true,
-            TargetKind::Ssh(ssh) => ssh.credential != Credential::BrokerCa,
+            TargetKind::Ssh(ssh) => ssh.credential != Credential::BrokerCa || ssh.via.is_some(),
             TargetKind::Postgres(pg) => pg.credential != Credential::BrokerCa || pg.via.is_some(),
         };
         self.targets.iter().any(target_uses)
+            || !self.discovery.is_empty()
             || self
                 .exports
                 .iter()
@@ -359,6 +367,64 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_parts(table, &env, false)
+    }
+
+    #[test]
+    fn discovery_sources_have_defaults_and_are_checked() {
+        let config = load(
+            r#"
+            [[discovery]]
+            source = "iam-roles"
+            [[discovery]]
+            source = "ecs-services"
+            clusters = ["prod"]
+            tag = "pam:target-x"
+            interval = "30s"
+            "#,
+            &[],
+        )
+        .unwrap();
+        let [iam, ecs] = &config.discovery[..] else {
+            panic!("two sources")
+        };
+        assert_eq!(iam.source, DiscoverySource::IamRoles);
+        assert_eq!(
+            (iam.tag.as_str(), iam.interval.0.as_secs()),
+            ("pam:target", 300)
+        );
+        assert_eq!(ecs.clusters, ["prod"]);
+        assert_eq!(ecs.interval.0.as_secs(), 30);
+        let err = load(
+            r#"
+            [[discovery]]
+            source = "ecs-services"
+            [[discovery]]
+            source = "rds"
+            clusters = ["x"]
+            [[discovery]]
+            source = "s3"
+            [[discovery]]
+            source = "ec2-ssm"
+            interval = "0s"
+            colour = "blue"
+            "#,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("discovery[0] \"ecs-services\".clusters"),
+            "{err}"
+        );
+        assert!(err.contains("discovery[1] \"rds\".clusters"), "{err}");
+        assert!(
+            err.contains("discovery[2]") && err.contains("iam-roles"),
+            "{err}"
+        );
+        assert!(
+            err.contains("discovery[3]") && err.contains("colour"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct SshTarget {
     pub credential: Credential,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// Reach the host through an SSM port-forwarding session (`address` is
+    /// then as seen from the SSM target, e.g. `localhost:22` on an instance).
+    pub via: Option<Via>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -65,10 +65,19 @@ pub enum EventKind {
     /// authentication (a target with `allow_weak_auth = true`).
     #[serde(rename = "db.weak_auth")]
     DbWeakAuth,
+    #[serde(rename = "target.discovered")]
+    TargetDiscovered,
+    #[serde(rename = "target.changed")]
+    TargetChanged,
+    #[serde(rename = "target.removed")]
+    TargetRemoved,
+    /// A discovery source failed; the last good set stays.
+    #[serde(rename = "target.discovery_failed")]
+    TargetDiscoveryFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
         EventKind::LoginLockout,
@@ -95,6 +104,10 @@ impl EventKind {
         EventKind::ExportLagging,
         EventKind::AuditWriteFailed,
         EventKind::DbWeakAuth,
+        EventKind::TargetDiscovered,
+        EventKind::TargetChanged,
+        EventKind::TargetRemoved,
+        EventKind::TargetDiscoveryFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +138,10 @@ impl EventKind {
             EventKind::ExportLagging => "export.lagging",
             EventKind::AuditWriteFailed => "audit.write_failed",
             EventKind::DbWeakAuth => "db.weak_auth",
+            EventKind::TargetDiscovered => "target.discovered",
+            EventKind::TargetChanged => "target.changed",
+            EventKind::TargetRemoved => "target.removed",
+            EventKind::TargetDiscoveryFailed => "target.discovery_failed",
         }
     }
 

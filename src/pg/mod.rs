@@ -34,7 +34,6 @@ use tracing::Instrument;
 
 use crate::audit::Audit;
 use crate::aws::Aws;
-use crate::config::TargetConfig;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::edge::Edge;
 use crate::identity::Identity;
@@ -52,7 +51,7 @@ pub struct Deps {
     /// Slots and deadlines of unauthenticated connections, failure events.
     pub edge: Edge,
     pub aws: Aws,
-    pub targets: Arc<Vec<TargetConfig>>,
+    pub targets: crate::discovery::Targets,
     pub metrics: Arc<Metrics>,
     /// The listener's certificate; `None` only when TLS cannot be offered.
     pub tls: Option<Arc<rustls::ServerConfig>>,

@@ -577,8 +577,7 @@ async fn authenticate(
     let found = room
         .deps
         .targets
-        .iter()
-        .find(|t| t.name == request.target)
+        .get(&request.target)
         .and_then(|t| match &t.kind {
             TargetKind::Postgres(pg) => Some((t.clone(), pg.clone())),
             _ => None,

@@ -399,14 +399,7 @@ impl russh::server::Handler for Connection {
                 .await);
         }
         let (login, target_name) = self.parse_user(user);
-        let Some(target) = self
-            .shared
-            .deps
-            .targets
-            .iter()
-            .find(|t| t.name == target_name)
-            .cloned()
-        else {
+        let Some(target) = self.shared.deps.targets.get(target_name) else {
             return Ok(self
                 .refuse(
                     user,
@@ -589,6 +582,7 @@ pub(crate) async fn connect_upstream(
         &credential,
         &who,
         shared.deps.target_cert_ttl,
+        &shared.deps.aws,
     )
     .await;
     if let Err(upstream::Error::HostKeyMismatch { offered, .. }) = &result {

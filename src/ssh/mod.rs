@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::audit::Audit;
-use crate::config::{SshConfig, TargetConfig};
+use crate::config::SshConfig;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::edge::{Edge, TooMany, Unauthenticated};
 use crate::identity::Identity;
@@ -53,7 +53,7 @@ pub struct Deps {
     /// Slots and deadlines of unauthenticated connections, failure events.
     pub edge: Edge,
     pub metrics: Arc<Metrics>,
-    pub targets: Arc<Vec<TargetConfig>>,
+    pub targets: crate::discovery::Targets,
     /// `[ssh]`: the algorithms offered.
     pub algorithms: SshConfig,
     pub host_key: PrivateKey,

@@ -55,7 +55,11 @@ pub struct Upstream {
     pub handle: Handle<HostCheck>,
     /// SHA-256 fingerprint of the host key (or host certificate's key).
     pub host_key: String,
-    _cut: Cut,
+    /// Shuts the TCP socket down when dropped (direct connections).
+    _cut: Option<Cut>,
+    /// The SSM port route the connection runs through (`via`); closed when
+    /// the upstream is dropped.
+    pub route: Option<crate::ecs::Port>,
 }
 
 /// A second handle on the target's socket that shuts it down when dropped.
@@ -130,6 +134,7 @@ pub async fn connect(
     credential: &Credential,
     who: &OnBehalfOf<'_>,
     cert_ttl: Duration,
+    aws: &crate::aws::Aws,
 ) -> Result<Upstream, Error> {
     let parse_key = |text: &Option<String>| {
         text.as_deref()
@@ -152,21 +157,6 @@ pub async fn connect(
         address: target.address.clone(),
         reason,
     };
-    let stream = tokio::time::timeout(
-        target.connect_timeout.0,
-        tokio::net::TcpStream::connect(&target.address),
-    )
-    .await
-    .map_err(|_| connect_error(format!("no answer within {}", target.connect_timeout)))?
-    .map_err(|e| connect_error(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let (stream, cut) = stream
-        .into_std()
-        .and_then(|socket| {
-            let cut = Cut(socket.try_clone()?);
-            Ok((tokio::net::TcpStream::from_std(socket)?, cut))
-        })
-        .map_err(|e| connect_error(e.to_string()))?;
     let config = Arc::new(client::Config {
         window_size: 16 * 1024 * 1024,
         maximum_packet_size: 65535,
@@ -177,11 +167,49 @@ pub async fn connect(
         nodelay: true,
         ..Default::default()
     });
-    let handshake = tokio::time::timeout(
-        target.connect_timeout.0,
-        client::connect_stream(config, stream, check),
-    )
-    .await;
+    let timeout = target.connect_timeout;
+    let (handshake, route, cut) = match &target.via {
+        None => {
+            let stream =
+                tokio::time::timeout(timeout.0, tokio::net::TcpStream::connect(&target.address))
+                    .await
+                    .map_err(|_| connect_error(format!("no answer within {timeout}")))?
+                    .map_err(|e| connect_error(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            let (stream, cut) = stream
+                .into_std()
+                .and_then(|socket| {
+                    let cut = Cut(socket.try_clone()?);
+                    Ok((tokio::net::TcpStream::from_std(socket)?, cut))
+                })
+                .map_err(|e| connect_error(e.to_string()))?;
+            let handshake =
+                tokio::time::timeout(timeout.0, client::connect_stream(config, stream, check))
+                    .await;
+            (handshake, None, Some(cut))
+        }
+        Some(via) => {
+            let (host, port) = target
+                .address
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .ok_or_else(|| connect_error("the address needs a port".into()))?;
+            let route = tokio::time::timeout(
+                timeout.0,
+                crate::ecs::open_port(aws, &via.ssm_target, host, port),
+            )
+            .await
+            .map_err(|_| connect_error(format!("no SSM port route within {timeout}")))?
+            .map_err(|e| connect_error(format!("SSM port route via {}: {e}", via.ssm_target)))?;
+            let stream = route.connect().await.map_err(|e| {
+                connect_error(format!("SSM port route via {}: {e}", via.ssm_target))
+            })?;
+            let handshake =
+                tokio::time::timeout(timeout.0, client::connect_stream(config, stream, check))
+                    .await;
+            (handshake, Some(route), None)
+        }
+    };
     let mut handle = match handshake {
         Err(_) => return Err(connect_error("the SSH handshake timed out".into())),
         Ok(Ok(handle)) => handle,
@@ -248,6 +276,7 @@ pub async fn connect(
         handle,
         host_key,
         _cut: cut,
+        route,
     })
 }
 

@@ -38,7 +38,7 @@ pub async fn targets(
         ..context.clone()
     };
     let mut out = Vec::new();
-    for target in deps.targets.iter() {
+    for target in deps.targets.snapshot().iter() {
         if kind.as_deref().is_some_and(|k| k != target.kind_name()) {
             continue;
         }
@@ -273,4 +273,129 @@ fn rfc3339(secs: i64) -> String {
         t.minute(),
         t.second()
     )
+}
+
+/// `POST /api/v1/targets/check` (admin): proves with AWS that each target
+/// (all, or those named) will work; one report per target.
+pub async fn targets_check(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    Json(request): Json<crate::api::TargetsCheckRequest>,
+) -> Result<Json<Vec<crate::api::TargetCheck>>, Error> {
+    authorize(
+        &deps,
+        &principal,
+        &client,
+        crate::domain::policy::Action::Admin,
+    )
+    .await?;
+    let all = deps.targets.snapshot();
+    let mut chosen = Vec::new();
+    if request.targets.is_empty() {
+        chosen.extend(all.iter().cloned());
+    } else {
+        for name in &request.targets {
+            match all.iter().find(|t| &t.name == name) {
+                Some(t) => chosen.push(t.clone()),
+                None => {
+                    return Err(Error::NotFound(format!(
+                        "no target {:?}",
+                        name.chars().take(64).collect::<String>()
+                    )));
+                }
+            }
+        }
+    }
+    let reports = crate::discovery::check::check_all(deps.aws.aws(), &chosen).await;
+    Ok(Json(
+        reports
+            .into_iter()
+            .map(|r| crate::api::TargetCheck {
+                ok: r.ok(),
+                target: r.target,
+                kind: r.kind.to_owned(),
+                checks: r
+                    .lines
+                    .into_iter()
+                    .map(|l| crate::api::CheckLine {
+                        check: l.check.to_owned(),
+                        ok: l.ok,
+                        detail: l.detail,
+                        fix: l.fix,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    ))
+}
+
+/// `GET /api/v1/targets/{name}/explain`: what an aws target's role may do,
+/// for users who may assume it (with a reason, if policy wants one).
+pub async fn explain(
+    Authenticated { principal, client }: Authenticated,
+    State(deps): State<Arc<Deps>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<crate::api::RoleExplain>, Error> {
+    let not_found = || {
+        Error::NotFound(format!(
+            "no AWS role {:?} (see `pam ls aws`)",
+            name.chars().take(64).collect::<String>()
+        ))
+    };
+    let target = deps.targets.get(&name).ok_or_else(not_found)?;
+    let crate::config::TargetKind::Aws(aws_target) = &target.kind else {
+        return Err(not_found());
+    };
+    let resource = Resource::Target(target.to_ref());
+    let context = RequestContext {
+        source_ip: client.ip,
+        reason: Some("stated".into()),
+        ..RequestContext::default()
+    };
+    if deps
+        .gate
+        .peek(&principal.identity, target.action(), &resource, &context)
+        .is_err()
+    {
+        return Err(not_found());
+    }
+    let role = aws_target.role_arn.rsplit('/').next().unwrap_or_default();
+    let policies = crate::aws::iam::role_policies(deps.aws.aws(), role)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let statements: Vec<_> = policies
+        .iter()
+        .filter_map(|p| crate::discovery::iam_policy::parse(&p.document).ok())
+        .flatten()
+        .collect();
+    let services = crate::discovery::iam_policy::summarise(&statements)
+        .into_iter()
+        .map(|(service, (actions, resources))| {
+            (
+                service,
+                crate::api::ExplainedService {
+                    actions: actions.into_iter().collect(),
+                    resources: resources.into_iter().collect(),
+                },
+            )
+        })
+        .collect();
+    Ok(Json(crate::api::RoleExplain {
+        target: target.name.clone(),
+        role_arn: aws_target.role_arn.clone(),
+        policies: policies
+            .iter()
+            .map(|p| crate::api::ExplainedPolicy {
+                name: p.name.clone(),
+                kind: if p.arn.is_some() {
+                    "attached"
+                } else {
+                    "inline"
+                }
+                .to_owned(),
+                arn: p.arn.clone(),
+            })
+            .collect(),
+        services,
+    }))
 }

@@ -22,7 +22,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::config::TargetConfig;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy::Gate;
@@ -36,7 +35,9 @@ pub struct Deps {
     pub gate: Gate,
     pub aws: crate::aws::credentials::AwsAccess,
     pub sessions: Sessions,
-    pub targets: Arc<Vec<TargetConfig>>,
+    pub targets: crate::discovery::Targets,
+    /// Discovery's per-source status (`/readyz` detail).
+    pub discovery: Option<crate::discovery::Discovery>,
     pub metrics: Arc<Metrics>,
     /// OpenSSH public key lines of the CAs.
     pub ssh_user_ca: String,
@@ -92,6 +93,8 @@ pub fn router(deps: Deps) -> Router {
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/cert", post(auth::certify))
         .route("/api/v1/targets", get(api::targets))
+        .route("/api/v1/targets/check", post(api::targets_check))
+        .route("/api/v1/targets/{name}/explain", get(api::explain))
         .route("/api/v1/aws/credentials", post(api::aws_credentials))
         .route("/api/v1/aws/console", post(api::aws_console))
         .route("/api/v1/sessions", get(api::sessions))
@@ -244,7 +247,35 @@ async fn readyz(State(deps): State<Arc<Deps>>) -> Response {
     if let Some(problem) = deps.sessions.storage_problem() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
     }
-    (StatusCode::OK, "ready\n").into_response()
+    let mut body = "ready\n".to_owned();
+    for source in deps.discovery.iter().flat_map(|d| d.status()) {
+        body.push_str(&discovery_line(&source));
+    }
+    (StatusCode::OK, body).into_response()
+}
+
+/// One `/readyz` detail line per discovery source: how many targets it
+/// gives, or why its last refresh failed and what is kept meanwhile.
+fn discovery_line(source: &crate::discovery::SourceStatus) -> String {
+    let since = source.last_ok.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    });
+    match (&source.error, since) {
+        (None, Some(since)) => format!(
+            "discovery {}: ok, {} targets, {} refused (at {since})\n",
+            source.label, source.targets, source.refused
+        ),
+        (None, None) => format!("discovery {}: not read yet\n", source.label),
+        (Some(error), Some(since)) => format!(
+            "discovery {}: failing: {error}; keeping {} targets from {since}\n",
+            source.label, source.targets
+        ),
+        (Some(error), None) => format!(
+            "discovery {}: failing: {error}; no targets from it yet\n",
+            source.label
+        ),
+    }
 }
 
 async fn metrics(State(deps): State<Arc<Deps>>) -> Response {

@@ -249,3 +249,116 @@ async fn scripted(
         .await
         .into_response()
 }
+
+/// The real AWS CLI against moto (`args` without endpoint or region); its
+/// JSON output, `Null` when it printed nothing. Panics when it fails.
+pub fn aws_cli(args: &[&str]) -> serde_json::Value {
+    let out = aws_cli_raw(args);
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// [`aws_cli`] without the success check.
+pub fn aws_cli_raw(args: &[&str]) -> std::process::Output {
+    let aws = std::path::Path::new(&required_env("PAM_TEST_PEERS_DIR")).join("venv/bin/aws");
+    std::process::Command::new(aws)
+        .args(args)
+        .args([
+            "--endpoint-url",
+            &moto_url(),
+            "--region",
+            "us-east-1",
+            "--output",
+            "json",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap()
+}
+
+/// A proxy in front of `upstream` that forwards until told to fail, then
+/// answers every request with a Query-protocol error (`Throttling`,
+/// `AccessDenied`, ...) as IAM, RDS and EC2 do.
+pub struct FailingProxy {
+    pub url: String,
+    failure: Arc<Mutex<Option<(u16, String)>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct FailState {
+    forward: ProxyState,
+    failure: Arc<Mutex<Option<(u16, String)>>>,
+}
+
+impl FailingProxy {
+    pub async fn start(upstream: &str) -> FailingProxy {
+        let failure = Arc::new(Mutex::new(None));
+        let state = FailState {
+            forward: ProxyState {
+                upstream: upstream.trim_end_matches('/').to_owned(),
+                requests: Arc::new(Mutex::new(Vec::new())),
+                http: reqwest::Client::new(),
+            },
+            failure: failure.clone(),
+        };
+        let app = axum::Router::new().fallback(failing).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FailingProxy {
+            url,
+            failure,
+            _task: task,
+        }
+    }
+
+    /// From now on every request fails with `status` and error `code`.
+    pub fn fail(&self, status: u16, code: &str) {
+        *self.failure.lock().unwrap() = Some((status, code.to_owned()));
+    }
+
+    /// Forward again.
+    pub fn heal(&self) {
+        *self.failure.lock().unwrap() = None;
+    }
+}
+
+async fn failing(
+    State(state): State<FailState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let failure = state.failure.lock().unwrap().clone();
+    if let Some((status, code)) = failure {
+        let xml = format!(
+            "<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{code} (from the test proxy)</Message></Error><RequestId>1</RequestId></ErrorResponse>"
+        );
+        let mut response = (axum::http::StatusCode::from_u16(status).unwrap(), xml).into_response();
+        response.headers_mut().insert(
+            "content-type",
+            axum::http::HeaderValue::from_static("text/xml"),
+        );
+        return response;
+    }
+    forward(State(state.forward), method, uri, headers, body)
+        .await
+        .into_response()
+}

@@ -156,6 +156,9 @@ struct State {
     moto_url: Option<String>,
     http: reqwest::Client,
     tasks: Mutex<Vec<Task>>,
+    /// SSM managed instances (id, PingStatus): moto has no
+    /// DescribeInstanceInformation, so the fake answers it.
+    managed: Mutex<Vec<(String, String)>>,
     calls: Mutex<Vec<Call>>,
     plan: Mutex<Plan>,
     expire_on_resume: AtomicBool,
@@ -249,6 +252,7 @@ impl FakeAws {
             moto_url,
             http: reqwest::Client::new(),
             tasks: Mutex::new(Vec::new()),
+            managed: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
             plan: Mutex::new(Plan::default()),
             expire_on_resume: AtomicBool::new(false),
@@ -287,6 +291,15 @@ impl FakeAws {
                 )
                 .build(),
         )
+    }
+
+    /// An instance SSM manages, with its agent's PingStatus (`Online`, ...).
+    pub fn add_managed_instance(&self, id: &str, ping: &str) {
+        self.state
+            .managed
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), ping.to_owned()));
     }
 
     pub fn add_task(&self, task: Task) {
@@ -533,6 +546,38 @@ async fn control(
                     "session": {"sessionId": id, "streamUrl": stream_url, "tokenValue": token},
                 }),
             )
+        }
+        // The shape of the real answer (SSM API reference,
+        // DescribeInstanceInformation), filtered by the InstanceIds filter.
+        "DescribeInstanceInformation" => {
+            let wanted: Vec<String> = request["Filters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["Key"] == "InstanceIds")
+                .flat_map(|f| f["Values"].as_array().cloned().unwrap_or_default())
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let managed = state.managed.lock().unwrap().clone();
+            let list: Vec<Value> = managed
+                .iter()
+                .filter(|(id, _)| wanted.is_empty() || wanted.contains(id))
+                .map(|(id, ping)| {
+                    json!({
+                        "InstanceId": id,
+                        "PingStatus": ping,
+                        "LastPingDateTime": 1.7e9,
+                        "AgentVersion": "3.3.987.0",
+                        "IsLatestVersion": true,
+                        "PlatformType": "Linux",
+                        "PlatformName": "Amazon Linux",
+                        "ResourceType": "EC2Instance",
+                        "IPAddress": "10.0.0.5",
+                        "ComputerName": format!("{id}.ec2.internal"),
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, json!({"InstanceInformationList": list}))
         }
         "StartSession" => {
             let target = request["Target"].as_str().unwrap_or_default().to_owned();
