@@ -282,6 +282,12 @@ pub async fn run_with(
     );
     rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
     rooms.spawn(exporter.run(stop_rooms.clone()));
+    rooms.spawn(check_at_start(
+        discovery.clone(),
+        aws.clone(),
+        !config.discovery.is_empty(),
+        stop_rooms.clone(),
+    ));
     if !config.discovery.is_empty() {
         rooms.spawn(discovery.clone().run(stop_rooms.clone()));
         rooms.spawn(refresh_on_sighup(discovery.clone(), stop_rooms.clone()));
@@ -426,6 +432,48 @@ fn grants_from_policy(engine: Arc<Engine>, targets: crate::discovery::Targets) -
         }
         grants
     })
+}
+
+/// `pam targets check` once at start (after discovery's first refresh, when
+/// discovery is on): a summary in the log and a warning per failed check.
+async fn check_at_start(
+    discovery: crate::discovery::Discovery,
+    aws: Aws,
+    discovering: bool,
+    shutdown: CancellationToken,
+) {
+    let run = async {
+        if discovering {
+            discovery.refresh_all().await;
+        }
+        let targets = discovery.targets().snapshot();
+        if targets.is_empty() {
+            return;
+        }
+        let reports = crate::discovery::check::check_all(&aws, &targets, false).await;
+        let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
+        for report in &failed {
+            for line in report.lines.iter().filter(|l| !l.ok) {
+                tracing::warn!(
+                    target_name = %report.target,
+                    check = line.check,
+                    detail = %line.detail,
+                    fix = line.fix.as_deref().unwrap_or(""),
+                    "targets check failed"
+                );
+            }
+        }
+        tracing::info!(
+            targets = reports.len(),
+            passed = reports.len() - failed.len(),
+            failed = failed.len(),
+            "targets check (pam targets check for details)"
+        );
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = run => {}
+    }
 }
 
 /// `[[discovery]]` refreshes every source when the broker gets SIGHUP.

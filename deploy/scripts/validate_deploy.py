@@ -158,8 +158,9 @@ def check_value(where: str, ty: str, value: object, report: Report) -> None:
 
 def check_config(path_label: str, doc: dict, schema: Schema, report: Report) -> None:
     for section, table in doc.items():
-        # [[export]] sinks are checked by the broker's own parser (step_broker).
-        if section in ("target", "export"):
+        # [[export]] sinks and [[discovery]] sources are checked by the
+        # broker's own parser (step_broker).
+        if section in ("target", "export", "discovery"):
             continue
         if section not in schema.sections:
             report.fail(f"{path_label}: unknown section [{section}]")

@@ -52,6 +52,12 @@ impl Targets {
         self.snapshot().iter().find(|t| t.name == name).cloned()
     }
 
+    /// Swaps the set (benches only: the service publishes through discovery).
+    #[doc(hidden)]
+    pub fn replace_for_bench(&self, targets: Vec<TargetConfig>) {
+        self.replace(targets);
+    }
+
     fn replace(&self, targets: Vec<TargetConfig>) {
         let targets = Arc::new(targets);
         match self.inner.write() {

@@ -306,7 +306,7 @@ pub async fn targets_check(
             }
         }
     }
-    let reports = crate::discovery::check::check_all(deps.aws.aws(), &chosen).await;
+    let reports = crate::discovery::check::check_all(deps.aws.aws(), &chosen, true).await;
     Ok(Json(
         reports
             .into_iter()

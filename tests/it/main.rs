@@ -23,6 +23,7 @@ mod replay;
 mod serve;
 mod sftp;
 pub(crate) mod ssh;
+mod targets_check;
 mod tidy;
 mod tunnel;
 mod web;

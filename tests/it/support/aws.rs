@@ -362,3 +362,75 @@ async fn failing(
         .await
         .into_response()
 }
+
+/// A proxy in front of moto that answers IAM `SimulatePrincipalPolicy`
+/// (which moto lacks) from the fixtures in tests/fixtures/iam: `allowed`
+/// when the requested resource ARN ends with one of `allowed_suffixes`,
+/// `implicitDeny` otherwise; everything else goes to moto.
+pub struct SimulateFixture {
+    pub url: String,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct SimulateState {
+    forward: ProxyState,
+    allowed: Arc<Vec<String>>,
+}
+
+impl SimulateFixture {
+    pub async fn start(upstream: &str, allowed_suffixes: &[&str]) -> SimulateFixture {
+        let state = SimulateState {
+            forward: ProxyState {
+                upstream: upstream.trim_end_matches('/').to_owned(),
+                requests: Arc::new(Mutex::new(Vec::new())),
+                http: reqwest::Client::new(),
+            },
+            allowed: Arc::new(allowed_suffixes.iter().map(|s| (*s).to_owned()).collect()),
+        };
+        let app = axum::Router::new().fallback(simulate).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        SimulateFixture { url, _task: task }
+    }
+}
+
+async fn simulate(
+    State(state): State<SimulateState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    if form.get("Action").map(String::as_str) == Some("SimulatePrincipalPolicy") {
+        let resource = form
+            .get("ResourceArns.member.1")
+            .cloned()
+            .unwrap_or_default();
+        let decision = if state.allowed.iter().any(|s| resource.ends_with(s.as_str())) {
+            "allowed"
+        } else {
+            "implicitDeny"
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "tests/fixtures/iam/simulate-principal-policy-{decision}.xml"
+        ));
+        let xml = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("RESOURCE", &resource);
+        let mut response = (axum::http::StatusCode::OK, xml).into_response();
+        response.headers_mut().insert(
+            "content-type",
+            axum::http::HeaderValue::from_static("text/xml"),
+        );
+        return response;
+    }
+    forward(State(state.forward), method, uri, headers, body)
+        .await
+        .into_response()
+}

@@ -160,6 +160,69 @@ data "aws_iam_policy_document" "task" {
     }
   }
 
+  # [[discovery]] and `pam targets check`: read what is tagged and how it is
+  # set up. Reads only; IAM reads limited to roles and policies of this
+  # account, ECS reads to services and task definitions.
+  dynamic "statement" {
+    for_each = var.discovery_enabled ? [1] : []
+    content {
+      sid = "DiscoverTargetRolesAndPolicies"
+      actions = [
+        "iam:ListRoles", "iam:ListRoleTags", "iam:GetRole",
+        "iam:ListAttachedRolePolicies", "iam:ListRolePolicies", "iam:GetRolePolicy",
+        "iam:GetPolicy", "iam:GetPolicyVersion",
+      ]
+      resources = [
+        "arn:${local.partition}:iam::${local.account_id}:role/*",
+        "arn:${local.partition}:iam::${local.account_id}:policy/*",
+        "arn:${local.partition}:iam::aws:policy/*",
+      ]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.discovery_enabled ? [1] : []
+    content {
+      sid       = "DiscoverEcsServices"
+      actions   = ["ecs:ListServices", "ecs:DescribeServices"]
+      resources = ["arn:${local.partition}:ecs:${local.region}:${local.account_id}:service/*"]
+    }
+  }
+
+  # These describe calls have no resource-level permissions.
+  dynamic "statement" {
+    for_each = var.discovery_enabled ? [1] : []
+    content {
+      sid = "DiscoverDatabasesInstancesAndTaskDefinitions"
+      actions = [
+        "ecs:DescribeTaskDefinition",
+        "rds:DescribeDBInstances", "rds:DescribeDBClusters",
+        "ec2:DescribeInstances", "ssm:DescribeInstanceInformation",
+      ]
+      resources = ["*"]
+    }
+  }
+
+  # `pam targets check`: rds-db:connect proven by simulating the broker's
+  # own policies; target secrets described (GetSecretValue is granted above).
+  dynamic "statement" {
+    for_each = var.discovery_enabled ? [1] : []
+    content {
+      sid       = "SimulateOwnPolicies"
+      actions   = ["iam:SimulatePrincipalPolicy"]
+      resources = [aws_iam_role.task.arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.discovery_enabled && length(var.target_secret_arns) > 0 ? [1] : []
+    content {
+      sid       = "DescribeListedTargetSecrets"
+      actions   = ["secretsmanager:DescribeSecret"]
+      resources = var.target_secret_arns
+    }
+  }
+
   # Recordings: write (shipper sidecar) and read back (replay), never delete.
   statement {
     sid       = "WriteAndReadRecordings"

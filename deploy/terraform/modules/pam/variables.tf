@@ -505,6 +505,12 @@ variable "ecs_exec_kms_key_arn" {
   }
 }
 
+variable "discovery_enabled" {
+  description = "The broker reads AWS for targets tagged pam:target ([[discovery]]) and runs `pam targets check`: read-only IAM, ECS, RDS, EC2 and SSM describes, and iam:SimulatePrincipalPolicy on its own role."
+  type        = bool
+  default     = false
+}
+
 variable "ssm_port_forwarding_target_arns" {
   description = "SSM targets of postgres targets with via = { ssm_target = ... }: EC2 instance ARNs (arn:aws:ec2:REGION:ACCOUNT:instance/i-...) or ECS task ARNs (arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/*). ssm:StartSession is allowed on these with the AWS-StartPortForwardingSessionToRemoteHost document only."
   type        = list(string)

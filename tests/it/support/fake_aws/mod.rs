@@ -159,6 +159,9 @@ struct State {
     /// SSM managed instances (id, PingStatus): moto has no
     /// DescribeInstanceInformation, so the fake answers it.
     managed: Mutex<Vec<(String, String)>>,
+    /// Services whose DescribeServices answer says enableExecuteCommand
+    /// (moto drops the flag).
+    exec_services: Mutex<Vec<String>>,
     calls: Mutex<Vec<Call>>,
     plan: Mutex<Plan>,
     expire_on_resume: AtomicBool,
@@ -253,6 +256,7 @@ impl FakeAws {
             http: reqwest::Client::new(),
             tasks: Mutex::new(Vec::new()),
             managed: Mutex::new(Vec::new()),
+            exec_services: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
             plan: Mutex::new(Plan::default()),
             expire_on_resume: AtomicBool::new(false),
@@ -300,6 +304,16 @@ impl FakeAws {
             .lock()
             .unwrap()
             .push((id.to_owned(), ping.to_owned()));
+    }
+
+    /// DescribeServices (forwarded to moto) reports `enableExecuteCommand`
+    /// true for `service`.
+    pub fn enable_execute_command(&self, service: &str) {
+        self.state
+            .exec_services
+            .lock()
+            .unwrap()
+            .push(service.to_owned());
     }
 
     pub fn add_task(&self, task: Task) {
@@ -549,6 +563,26 @@ async fn control(
         }
         // The shape of the real answer (SSM API reference,
         // DescribeInstanceInformation), filtered by the InstanceIds filter.
+        // moto answers, without enableExecuteCommand; the fake adds it.
+        "DescribeServices" => {
+            let answer = forward(&state, headers, body).await;
+            let status = answer.status();
+            let bytes = axum::body::to_bytes(answer.into_body(), 16 << 20)
+                .await
+                .unwrap_or_default();
+            let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let enabled = state.exec_services.lock().unwrap().clone();
+            if let Some(services) = value["services"].as_array_mut() {
+                for service in services {
+                    let name = service["serviceName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    service["enableExecuteCommand"] = json!(enabled.contains(&name));
+                }
+            }
+            json_response(status, value)
+        }
         "DescribeInstanceInformation" => {
             let wanted: Vec<String> = request["Filters"]
                 .as_array()
@@ -639,6 +673,8 @@ async fn control(
             }
             json_response(StatusCode::OK, json!({"SessionId": id}))
         }
+        // Reads moto answers as it is.
+        "DescribeTaskDefinition" | "ListServices" => forward(&state, headers, body).await,
         _ => error(
             "UnknownOperationException",
             &format!("{target} is not faked"),
