@@ -41,10 +41,7 @@ impl Targets {
 
     /// The current set (cheap: an `Arc`).
     pub fn snapshot(&self) -> Arc<Vec<TargetConfig>> {
-        match self.inner.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::read(&self.inner).clone()
     }
 
     /// The target named `name`, if any.
@@ -60,10 +57,7 @@ impl Targets {
 
     fn replace(&self, targets: Vec<TargetConfig>) {
         let targets = Arc::new(targets);
-        match self.inner.write() {
-            Ok(mut guard) => *guard = targets,
-            Err(poisoned) => *poisoned.into_inner() = targets,
-        }
+        *crate::sync::write(&self.inner) = targets;
     }
 }
 
@@ -152,10 +146,7 @@ impl Discovery {
 
     /// One line per source for `/readyz` (empty without `[[discovery]]`).
     pub fn status(&self) -> Vec<SourceStatus> {
-        match self.inner.status.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::sync::lock(&self.inner.status).clone()
     }
 
     /// Asks every source to refresh now (SIGHUP).
@@ -198,6 +189,7 @@ impl Discovery {
         let source = &self.inner.sources[index];
         let started = std::time::Instant::now();
         let read = sources::read(&self.inner.aws, source).await;
+        let mut refreshed = None;
         let mut state = self.inner.state.lock().await;
         match read {
             Ok(found) => {
@@ -255,13 +247,7 @@ impl Discovery {
                     s.last_ok = Some(OffsetDateTime::now_utc());
                     s.error = None;
                 });
-                tracing::info!(
-                    source = label(source),
-                    targets = count,
-                    refused = refused_count,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "discovery refreshed"
-                );
+                refreshed = Some((count, refused_count));
             }
             Err(error) => {
                 let error = error.to_string();
@@ -292,13 +278,20 @@ impl Discovery {
             }
         }
         self.publish(&mut state).await;
+        // Logged once the differences are recorded.
+        if let Some((count, refused_count)) = refreshed {
+            tracing::info!(
+                source = label(source),
+                targets = count,
+                refused = refused_count,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "discovery refreshed"
+            );
+        }
     }
 
     fn set_status(&self, index: usize, change: impl FnOnce(&mut SourceStatus)) {
-        let mut status = match self.inner.status.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut status = crate::sync::lock(&self.inner.status);
         if let Some(s) = status.get_mut(index) {
             change(s);
         }
