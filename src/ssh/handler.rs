@@ -228,9 +228,12 @@ impl Connection {
     /// The authenticated client, if its broker session is still live: every
     /// channel open asks the store again (not the principal cached at
     /// login), so after `pam logout` or a revocation no new channel opens.
-    /// A refusal is recorded as `token.rejected`.
-    async fn live(&self, channel: &str) -> Option<Arc<Authed>> {
-        let authed = self.authed.clone()?;
+    /// A refusal is recorded as `token.rejected`; its reason is returned
+    /// so the client can be told.
+    async fn live(&self, channel: &str) -> Result<Arc<Authed>, &'static str> {
+        let Some(authed) = self.authed.clone() else {
+            return Err("the connection is not authenticated");
+        };
         let principal = &authed.principal;
         let reason = match self
             .shared
@@ -239,7 +242,7 @@ impl Connection {
             .session(&principal.session_id)
             .await
         {
-            Ok(_) => return Some(authed),
+            Ok(_) => return Ok(authed),
             Err(AuthError::Revoked) => "the broker session was revoked",
             Err(AuthError::Expired) => "the broker session has expired",
             Err(AuthError::Unavailable) => "the broker session could not be checked",
@@ -262,7 +265,7 @@ impl Connection {
                     })),
             )
             .await;
-        None
+        Err(reason)
     }
 
     /// `TARGET`, `LOGIN@TARGET`, or the login alone when `pam ssh-proxy`
@@ -474,11 +477,21 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(authed) = self.live("session").await else {
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        let authed = match self.live("session").await {
+            Ok(authed) => authed,
+            Err(reason) => {
+                // Accepted only to say why (OpenSSH prints a channel's
+                // stderr, not a reason for a refused open), then closed.
+                reply.accept().await;
+                self.channels.spawn(async move {
+                    let message = format!("pam: refused: {reason}\r\n");
+                    let _ = channel.extended_data_bytes(1, message.into_bytes()).await;
+                    let _ = channel.exit_status(255).await;
+                    let _ = channel.eof().await;
+                    let _ = channel.close().await;
+                });
+                return Ok(());
+            }
         };
         reply.accept().await;
         let shared = self.shared.clone();
@@ -500,7 +513,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(authed) = self.live("direct-tcpip").await else {
+        let Ok(authed) = self.live("direct-tcpip").await else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;

@@ -206,8 +206,14 @@ async fn a_new_channel_after_logout_is_refused() {
         .output()
         .await
         .unwrap();
-    assert!(!shell.status.success());
+    assert_eq!(shell.status.code(), Some(255));
     assert_eq!(String::from_utf8_lossy(&shell.stdout), "");
+    // The user is told why, not only "administratively prohibited".
+    let stderr = String::from_utf8_lossy(&shell.stderr);
+    assert!(
+        stderr.contains("pam: refused: the broker session was revoked"),
+        "{stderr}"
+    );
     assert_eq!(echo.accepted(), 1, "the target was reached after logout");
 
     // Both refusals are on record.
