@@ -425,7 +425,21 @@ async fn no_human_readable_view_of_the_trail_carries_a_terminal_escape() {
         .append_pair("state", &state)
         .append_pair("error", "\x1b]0;oidc\x07\x1b[2Jaccess_denied")
         .append_pair("error_description", "\x1b[31mred\u{9b}1m");
-    let answer = http.get(callback.as_str()).send().await.unwrap();
+    // From the browser that started the login (its pre-login cookie), so
+    // the callback gets as far as the IdP's error.
+    let cookies: Vec<String> = start
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+        .collect();
+    assert!(!cookies.is_empty(), "no pre-login cookie was set");
+    let answer = http
+        .get(callback.as_str())
+        .header("cookie", cookies.join("; "))
+        .send()
+        .await
+        .unwrap();
     assert!(!answer.status().is_success(), "{}", answer.status());
     // PostgreSQL startup parameters, from the real psql.
     let psql = tokio::process::Command::new("psql")
