@@ -243,6 +243,11 @@ impl Recorder {
         ))
     }
 
+    /// Seconds since the recording started: the offset of what happens now.
+    pub fn offset(&self) -> f64 {
+        self.now()
+    }
+
     fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }

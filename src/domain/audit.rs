@@ -37,6 +37,8 @@ pub enum EventKind {
     SshExec,
     #[serde(rename = "ssh.file_transfer")]
     SshFileTransfer,
+    #[serde(rename = "ssh.command")]
+    SshCommand,
     #[serde(rename = "ssh.host_key_mismatch")]
     SshHostKeyMismatch,
     #[serde(rename = "db.query")]
@@ -77,7 +79,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 30] = [
+    pub const ALL: [EventKind; 31] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
         EventKind::LoginLockout,
@@ -91,6 +93,7 @@ impl EventKind {
         EventKind::SessionEnd,
         EventKind::SshExec,
         EventKind::SshFileTransfer,
+        EventKind::SshCommand,
         EventKind::SshHostKeyMismatch,
         EventKind::DbQuery,
         EventKind::AwsCredentialsIssued,
@@ -125,6 +128,7 @@ impl EventKind {
             EventKind::SessionEnd => "session.end",
             EventKind::SshExec => "ssh.exec",
             EventKind::SshFileTransfer => "ssh.file_transfer",
+            EventKind::SshCommand => "ssh.command",
             EventKind::SshHostKeyMismatch => "ssh.host_key_mismatch",
             EventKind::DbQuery => "db.query",
             EventKind::AwsCredentialsIssued => "aws.credentials.issued",

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use super::Shared;
+use super::command_log::CommandLog;
 use super::handler::Authed;
 use super::sftp;
 use super::upstream::{self, Upstream};
@@ -464,6 +465,8 @@ async fn relay(
     .then(|| Arc::new(std::sync::Mutex::new(sftp::Auditor::default())));
     let cancel = live.cancel_token();
     let recorder = live.recorder().cloned();
+    let commands = matches!(kind, Kind::Shell)
+        .then(|| CommandLog::start(shared, authed, live.id(), recorder.clone()));
 
     // Client → target.
     let inbound = {
@@ -475,6 +478,7 @@ async fn relay(
         let live_id = live.id().to_owned();
         let touch = live.counters();
         let sftp = sftp.clone();
+        let commands = commands.clone();
         async move {
             loop {
                 let message = tokio::select! {
@@ -484,6 +488,9 @@ async fn relay(
                 match message {
                     Some(ChannelMsg::Data { data }) => {
                         touch.input(data.len());
+                        if let Some(commands) = &commands {
+                            commands.input(&data);
+                        }
                         if let Some(auditor) = &sftp {
                             // Recorded before the bytes that complete them go on.
                             match sftp_client(auditor, &data) {
@@ -562,6 +569,7 @@ async fn relay(
         let shared = shared.clone();
         let authed = authed.clone();
         let live_id = live.id().to_owned();
+        let commands = commands.clone();
         async move {
             let mut exit_status = None;
             loop {
@@ -585,6 +593,9 @@ async fn relay(
                             && r.output(data.clone()).await.is_err()
                         {
                             break;
+                        }
+                        if let Some(commands) = &commands {
+                            commands.output(&data).await;
                         }
                         if down_tx.data_bytes(data).await.is_err() {
                             break;

@@ -16,6 +16,8 @@
 //! sends only a banner, or never finishes key exchange, is cut off.
 
 mod channel;
+mod command_log;
+mod commands;
 mod ecs_channel;
 mod forward;
 mod handler;

@@ -6,6 +6,7 @@ mod support;
 mod audit_hardening;
 mod audit_trail;
 mod aws;
+mod command_log;
 mod discovery;
 mod ecs_exec;
 mod ecs_ssh;
