@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod query;
 pub mod relay;
 pub mod startup;
+mod statement;
 pub mod tls;
 pub mod upstream;
 
