@@ -7,6 +7,7 @@
 //! store cannot be written, callers get an error; with `audit.fail_closed`
 //! the action that needed the record is refused ([`Audit::gate`]).
 
+pub mod asciicast;
 pub mod chain;
 pub mod recording;
 pub mod verify;

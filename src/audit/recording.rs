@@ -12,6 +12,11 @@
 //! ([`Options::on_fault`]), which ends. At most one second and 64 KiB of
 //! output that was taken but not yet written can be lost to a write error;
 //! `session.end` then says so (`recording_error`).
+//!
+//! Lossless: what the client received is what the file says, byte for byte
+//! (`audit/asciicast.rs` encodes; bytes that are not UTF-8 are escaped, a
+//! character cut between reads is kept whole, and [`Writer::finish`] writes
+//! an unfinished one the session ended on).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +27,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
+
+use super::asciicast;
 
 /// The header line of a recording.
 #[derive(Debug, Clone)]
@@ -161,6 +168,11 @@ pub struct Closed;
 pub struct Writer {
     task: tokio::task::JoinHandle<std::io::Result<Finished>>,
     close: tokio::sync::oneshot::Sender<()>,
+    /// To write what is still waiting in the carries at the end.
+    tx: mpsc::Sender<String>,
+    state: Arc<tokio::sync::Mutex<State>>,
+    shared: Arc<Shared>,
+    started: Instant,
 }
 
 /// The size recorded when the client's PTY has none: `ssh -tt` from a pipe
@@ -232,15 +244,21 @@ impl Recorder {
             max_bytes: options.max_bytes,
         };
         let task = tokio::spawn(write_loop(file, path, header, rx, closed, shared.clone()));
-        Ok((
-            Recorder {
-                tx,
-                state: Arc::new(tokio::sync::Mutex::new(state)),
-                shared,
-                started: Instant::now(),
-            },
-            Writer { task, close },
-        ))
+        let recorder = Recorder {
+            tx,
+            state: Arc::new(tokio::sync::Mutex::new(state)),
+            shared,
+            started: Instant::now(),
+        };
+        let writer = Writer {
+            task,
+            close,
+            tx: recorder.tx.clone(),
+            state: recorder.state.clone(),
+            shared: recorder.shared.clone(),
+            started: recorder.started,
+        };
+        Ok((recorder, writer))
     }
 
     /// Seconds since the recording started: the offset of what happens now.
@@ -279,13 +297,13 @@ impl Recorder {
     /// Terminal output (what the user saw). `Err`: it was not recorded, and
     /// must not be relayed either.
     pub async fn output(&self, data: Bytes) -> Result<(), Closed> {
-        self.send(|s, t, line| encode(line, t, "o", &mut s.carry_out, &data))
+        self.send(|s, t, line| asciicast::event(line, t, "o", &mut s.carry_out, &data))
             .await
     }
 
     /// Terminal input (keystrokes or an exec command), when recorded.
     pub async fn input(&self, data: Bytes) -> Result<(), Closed> {
-        self.send(|s, t, line| encode(line, t, "i", &mut s.carry_in, &data))
+        self.send(|s, t, line| asciicast::event(line, t, "i", &mut s.carry_in, &data))
             .await
     }
 
@@ -309,10 +327,30 @@ impl Recorder {
 }
 
 impl Writer {
-    /// Closes the recording: what was queued before is written, later
-    /// events are refused (clones of the [`Recorder`] still held by relay
-    /// tasks do not keep it open), and the file is synced.
+    /// Closes the recording: what was queued before is written, then the
+    /// bytes of a character the stream ended inside of (escaped; they were
+    /// relayed, so they are written even past the limit: at most 3 bytes a
+    /// stream), later events are refused (clones of the [`Recorder`] still
+    /// held by relay tasks do not keep it open), and the file is synced.
     pub async fn finish(self) -> std::io::Result<Finished> {
+        {
+            let mut state = self.state.lock().await;
+            let now = self.started.elapsed().as_secs_f64();
+            let mut line = String::new();
+            let State {
+                carry_out,
+                carry_in,
+                taken,
+                ..
+            } = &mut *state;
+            asciicast::flush(&mut line, now, "o", carry_out);
+            asciicast::flush(&mut line, now, "i", carry_in);
+            if !line.is_empty() && !self.shared.stopped() {
+                *taken += line.len() as u64;
+                let _ = self.tx.send(line).await;
+            }
+        }
+        drop(self.tx);
         let _ = self.close.send(());
         self.task
             .await
@@ -389,67 +427,6 @@ async fn write_lines(
     }
 }
 
-/// Appends `[time, kind, "text"]\n` for the complete UTF-8 part of
-/// `carry ++ data`; an incomplete trailing sequence waits for the next chunk.
-/// Invalid bytes become U+FFFD, as `String::from_utf8_lossy` does. This runs
-/// for every chunk of output, so it escapes straight into `line`.
-fn encode(line: &mut String, time: f64, kind: &str, carry: &mut Vec<u8>, data: &[u8]) {
-    let joined: std::borrow::Cow<'_, [u8]> = if carry.is_empty() {
-        std::borrow::Cow::Borrowed(data)
-    } else {
-        let mut bytes = std::mem::take(carry);
-        bytes.extend_from_slice(data);
-        std::borrow::Cow::Owned(bytes)
-    };
-    let bytes = &joined[..];
-    let complete = match std::str::from_utf8(bytes) {
-        Ok(_) => bytes.len(),
-        Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        Err(_) => bytes.len(),
-    };
-    carry.clear();
-    carry.extend_from_slice(&bytes[complete..]);
-    if complete == 0 {
-        return;
-    }
-    use std::fmt::Write as _;
-    let _ = write!(line, "[{time:.6}, \"{kind}\", \"");
-    for chunk in bytes[..complete].utf8_chunks() {
-        escape_json(line, chunk.valid());
-        if !chunk.invalid().is_empty() {
-            line.push('\u{FFFD}');
-        }
-    }
-    line.push_str("\"]\n");
-}
-
-/// JSON string escaping (quote, backslash, control characters).
-fn escape_json(out: &mut String, text: &str) {
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&text[start..i]);
-        if short.is_empty() {
-            let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{:04x}", b));
-        } else {
-            out.push_str(short);
-        }
-        start = i + 1;
-    }
-    out.push_str(&text[start..]);
-}
-
 /// Where a session's recording goes under the recordings directory.
 pub fn relative_path(session_id: &str, started_us: i64) -> PathBuf {
     let t = crate::domain::audit::from_us(started_us);
@@ -469,56 +446,6 @@ pub fn valid_session_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn output_is_escaped_exactly_like_serde_json() {
-        let samples: [&[u8]; 6] = [
-            b"plain text\n",
-            b"quote \" backslash \\ tab\t cr\r bell\x07 esc\x1b[31m nul\x00",
-            "h\u{e9}llo \u{20ac} \u{1f600}".as_bytes(),
-            b"bad \xff\xfe bytes",
-            b"\x08\x0c\x7f",
-            b"",
-        ];
-        for sample in samples {
-            let mut line = String::new();
-            let mut carry = Vec::new();
-            encode(&mut line, 1.5, "o", &mut carry, sample);
-            if sample.is_empty() {
-                assert!(line.is_empty());
-                continue;
-            }
-            let expected = format!(
-                "[1.500000, \"o\", {}]\n",
-                serde_json::Value::String(String::from_utf8_lossy(sample).into_owned())
-            );
-            assert_eq!(line, expected);
-            let parsed: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
-            assert_eq!(parsed[2], String::from_utf8_lossy(sample).as_ref());
-        }
-    }
-
-    #[test]
-    fn utf8_split_across_chunks_is_kept_whole() {
-        let mut line = String::new();
-        let mut carry = Vec::new();
-        let text = "héllo €";
-        let bytes = text.as_bytes();
-        encode(&mut line, 0.5, "o", &mut carry, &bytes[..2]);
-        encode(&mut line, 0.6, "o", &mut carry, &bytes[2..9]);
-        encode(&mut line, 0.7, "o", &mut carry, &bytes[9..]);
-        let decoded: String = line
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()[2]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        assert_eq!(decoded, text);
-        assert!(carry.is_empty());
-    }
 
     #[tokio::test]
     async fn a_recording_is_valid_asciicast_v2_with_its_hash() {
@@ -547,6 +474,11 @@ mod tests {
             .unwrap();
         recorder.resize(100, 30).await.unwrap();
         recorder.input(Bytes::from_static(b"ls\r")).await.unwrap();
+        // The session ends inside a character: its bytes are written at the end.
+        recorder
+            .output(Bytes::from_static(b"\xe2\x82"))
+            .await
+            .unwrap();
         // A clone still held elsewhere does not keep the recording open.
         let late = recorder.clone();
         let finished = writer.finish().await.unwrap();
@@ -558,6 +490,9 @@ mod tests {
         );
         let lines: Vec<serde_json::Value> = text
             .lines()
+            // The last line escapes bytes that are not UTF-8 as lone
+            // surrogates, which serde_json refuses as a String.
+            .take(4)
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines[0]["version"], 2);
@@ -565,6 +500,7 @@ mod tests {
         assert_eq!(lines[1][2], "hello \u{1b}[1mworld\u{1b}[0m\r\n<script>");
         assert_eq!(lines[2][2], "100x30");
         assert_eq!(lines[3][1], "i");
+        assert!(text.ends_with(", \"o\", \"\\udce2\\udc82\"]\n"), "{text}");
     }
 
     #[tokio::test]

@@ -769,12 +769,8 @@ async fn play_command(
     let stdout = std::io::stdout();
     let mut last = 0.0f64;
     for line in text.lines().skip(1) {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let (Some(time), Some(kind), Some(data)) =
-            (event[0].as_f64(), event[1].as_str(), event[2].as_str())
-        else {
+        // The bytes the client received, those that are not UTF-8 included.
+        let Some((time, kind, data)) = crate::audit::asciicast::read_event(line) else {
             continue;
         };
         let wait = ((time - last) / speed).clamp(0.0, max_wait);
@@ -784,7 +780,7 @@ async fn play_command(
         }
         if kind == "o" {
             let mut out = stdout.lock();
-            out.write_all(data.as_bytes())?;
+            out.write_all(&data)?;
             out.flush()?;
         }
     }

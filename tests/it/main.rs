@@ -20,6 +20,7 @@ mod fleet;
 mod identity;
 mod policy;
 mod postgres;
+mod recording;
 mod replay;
 mod serve;
 mod sftp;
