@@ -220,6 +220,17 @@ pub async fn handle(
         }
     };
     tracing::Span::current().record("session_id", live.id());
+    // A password that goes in cleartext or as MD5 (the target allows it)
+    // is on record before it goes.
+    let weak_auth = WeakAuthRecord {
+        audit: &room.deps.audit,
+        actor: principal.email(),
+        peer,
+        target: &target.name,
+        session: live.id(),
+        db_user: credential.user().to_owned(),
+    };
+    let gate = |method, tls| weak_auth.gate(method, tls);
     let connected = match transport {
         Ok(transport) => {
             room.upstreams
@@ -228,8 +239,11 @@ pub async fn handle(
                     &pg,
                     transport,
                     credential,
-                    &database,
-                    &request.params,
+                    upstream::LoginSession {
+                        database: &database,
+                        params: &request.params,
+                        gate: &gate,
+                    },
                 )
                 .await
         }
@@ -243,26 +257,6 @@ pub async fn handle(
             return refused;
         }
     };
-
-    // A password that went in cleartext or as MD5 (the target allowed it)
-    // is on record before anything is relayed.
-    if let Some(method) = connected.weak_auth {
-        let event = AuditEvent::new(EventKind::DbWeakAuth, Outcome::Success)
-            .actor(principal.email())
-            .source_ip(Some(peer.ip()))
-            .target(&target.name)
-            .session(live.id())
-            .details(json!({
-                "password_sent": method,
-                "db_user": connected.db_user,
-                "upstream_tls": connected.tls,
-            }));
-        if let Err(e) = room.deps.audit.gate(event).await {
-            let refused = refuse(stream, &Refusal::new("57P03", e.to_string())).await;
-            live.abort(EndReason::Error(e.to_string())).await;
-            return refused;
-        }
-    }
 
     // 4. The relay.
     let ticket = room.cancels.register(
@@ -631,6 +625,38 @@ async fn refuse(mut stream: Stream, refusal: &Refusal) -> anyhow::Result<()> {
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
     Ok(())
+}
+
+/// What a `db.weak_auth` record says, but for how the password goes.
+struct WeakAuthRecord<'a> {
+    audit: &'a crate::audit::Audit,
+    actor: &'a str,
+    peer: SocketAddr,
+    target: &'a str,
+    session: &'a str,
+    db_user: String,
+}
+
+impl WeakAuthRecord<'_> {
+    /// The [`upstream::WeakAuthGate`]: records `db.weak_auth` (gated) before
+    /// the password goes out `method`.
+    fn gate(
+        &self,
+        method: &'static str,
+        tls: bool,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let event = AuditEvent::new(EventKind::DbWeakAuth, Outcome::Success)
+            .actor(self.actor)
+            .source_ip(Some(self.peer.ip()))
+            .target(self.target)
+            .session(self.session)
+            .details(json!({
+                "password_sent": method,
+                "db_user": self.db_user,
+                "upstream_tls": tls,
+            }));
+        Box::pin(async move { self.audit.gate(event).await.map_err(|e| e.to_string()) })
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! ([`Upstreams::login_on`]: SCRAM-SHA-256, then the server's parameters
 //! up to its first `ReadyForQuery`). Every step has a timeout. A server
 //! asking for the password in cleartext or as MD5 (a replayable hash) is
-//! refused unless the target sets `allow_weak_auth`; the login then says
-//! so ([`Connected::weak_auth`]) for the room to audit.
+//! refused unless the target sets `allow_weak_auth`; then the room's
+//! [`WeakAuthGate`] makes `db.weak_auth` durable before the password goes
+//! out, and a store that refuses it refuses the login: the password is
+//! never sent unrecorded.
 //!
 //! Credentials are cached briefly (a secret five minutes, an RDS token ten
 //! of its fifteen); when the database refuses a cached password it is read
@@ -61,14 +63,44 @@ pub enum Error {
         "the database asked for the password {0}, which the broker refuses (SCRAM-SHA-256 only; allow_weak_auth = true on the target permits it)"
     )]
     WeakAuth(&'static str),
+    #[error(
+        "the database asked for the password {0}; it was not sent, because its audit record (db.weak_auth) could not be written: {1}"
+    )]
+    WeakAuthUnrecorded(&'static str, String),
 }
+
+/// What a login asks the database for, and whom it tells first.
+pub struct LoginSession<'a> {
+    pub database: &'a str,
+    /// The client's session parameters, passed on.
+    pub params: &'a [(String, String)],
+    pub gate: WeakAuthGate<'a>,
+}
+
+/// Called before the password goes out in cleartext or as MD5 (a target
+/// with `allow_weak_auth`), with how (`"in cleartext"`, `"as MD5"`) and
+/// whether the connection to the database is TLS: it makes the
+/// `db.weak_auth` record durable. An `Err` (the store refused it) ends the
+/// login there, before the password is sent.
+pub type WeakAuthGate<'a> = &'a (
+        dyn Fn(
+    &'static str,
+    bool,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>
+            + Send
+            + Sync
+    );
 
 impl Error {
     /// The SQLSTATE the client is told: `08006` (connection failure) for
     /// every upstream problem. A refused database login is the broker's
     /// credential, not the user's password, so it is not `28P01`.
     pub fn sqlstate(&self) -> &'static str {
-        "08006"
+        match self {
+            // The broker cannot record, as when a session cannot open.
+            Error::WeakAuthUnrecorded(..) => "57P03",
+            _ => "08006",
+        }
     }
 }
 
@@ -189,7 +221,8 @@ pub struct Connected {
     pub db_user: String,
     pub tls: bool,
     /// How the password went, when not by SCRAM (`"in cleartext"`, `"as
-    /// MD5"`): only for a target with `allow_weak_auth`.
+    /// MD5"`): only for a target with `allow_weak_auth`, recorded through
+    /// the [`WeakAuthGate`] before it was sent.
     pub weak_auth: Option<&'static str>,
 }
 
@@ -251,17 +284,26 @@ impl Upstreams {
         target: &PostgresTarget,
         transport: Transport,
         credential: DbCredential,
-        database: &str,
-        params: &[(String, String)],
+        session: LoginSession<'_>,
     ) -> Result<Connected, Error> {
+        let LoginSession {
+            database,
+            params,
+            gate,
+        } = session;
         let login = credential.login;
-        match transport.login(target, database, params, &login).await {
+        match transport
+            .login(target, database, params, &login, gate)
+            .await
+        {
             Err(Error::Refused { sqlstate, .. })
                 if login.cached && (sqlstate == "28P01" || sqlstate == "28000") =>
             {
                 let fresh = self.login(name, target, true).await?;
                 let transport = self.transport(name, target).await?;
-                transport.login(target, database, params, &fresh).await
+                transport
+                    .login(target, database, params, &fresh, gate)
+                    .await
             }
             other => other,
         }
@@ -413,6 +455,7 @@ impl Transport {
         database: &str,
         params: &[(String, String)],
         login: &Login,
+        gate: WeakAuthGate<'_>,
     ) -> Result<Connected, Error> {
         let Transport {
             stream,
@@ -425,7 +468,7 @@ impl Transport {
         let allow_weak = target.allow_weak_auth;
         let (stream, parameter_status, status, pid, key, weak_auth) = tokio::time::timeout(
             timeout,
-            login_on(stream, database, params, login, allow_weak),
+            login_on(stream, database, params, login, allow_weak, gate),
         )
         .await
         .map_err(|_| Error::Unreachable {
@@ -534,6 +577,7 @@ async fn login_on(
     params: &[(String, String)],
     login: &Login,
     allow_weak: bool,
+    gate: WeakAuthGate<'_>,
 ) -> Result<LoggedIn, Error> {
     let io = |e: std::io::Error| Error::Unreachable {
         address: "the database".into(),
@@ -553,12 +597,15 @@ async fn login_on(
     let mut parameter_status = Vec::new();
     let mut backend_key = None;
     let mut weak_auth = None;
-    let weak = |method: &'static str| {
-        if allow_weak {
-            Ok(Some(method))
-        } else {
-            Err(Error::WeakAuth(method))
+    // Refused, or on record before the password goes.
+    let weak = async |method: &'static str, tls: bool| {
+        if !allow_weak {
+            return Err(Error::WeakAuth(method));
         }
+        gate(method, tls)
+            .await
+            .map_err(|e| Error::WeakAuthUnrecorded(method, e))?;
+        Ok(Some(method))
     };
     loop {
         let (tag, body) = read_message(&mut stream, MAX_STARTUP_MESSAGE)
@@ -568,11 +615,11 @@ async fn login_on(
         let reply = match message {
             Backend::Authentication(Auth::Ok) => None,
             Backend::Authentication(Auth::Cleartext) => {
-                weak_auth = weak("in cleartext")?;
+                weak_auth = weak("in cleartext", stream.is_tls()).await?;
                 Some(protocol::password_message(password))
             }
             Backend::Authentication(Auth::Md5(salt)) => {
-                weak_auth = weak("as MD5")?;
+                weak_auth = weak("as MD5", stream.is_tls()).await?;
                 let hashed = postgres_protocol::authentication::md5_hash(
                     login.user.as_bytes(),
                     password,

@@ -20,6 +20,7 @@ mod fleet;
 mod identity;
 mod policy;
 mod postgres;
+mod postgres_weak_auth;
 mod recording;
 mod replay;
 mod serve;

@@ -126,7 +126,7 @@ fn aws_env() -> HashMap<String, String> {
 }
 
 /// Stores `value` under a fresh secret name in moto; returns the name.
-async fn put_secret(value: &str) -> String {
+pub(crate) async fn put_secret(value: &str) -> String {
     let aws = pam::aws::Aws::load_with_env(&Default::default(), &aws_env()).await;
     let client = aws_sdk_secretsmanager::Client::new(aws.sdk());
     let name = format!("pam/test/{}", uuid::Uuid::new_v4().simple());
@@ -168,7 +168,7 @@ tags = {{ {tags} }}
     )
 }
 
-async fn broker(toml: String) -> TestApp {
+pub(crate) async fn broker(toml: String) -> TestApp {
     TestApp::spawn_with(Options {
         toml,
         env: aws_env(),
@@ -178,19 +178,19 @@ async fn broker(toml: String) -> TestApp {
     .await
 }
 
-async fn token(app: &TestApp, user: &str) -> String {
+pub(crate) async fn token(app: &TestApp, user: &str) -> String {
     app.sso_login(user).await.expect("login").response.token
 }
 
 /// libpq connection string to the broker.
-fn via_broker(app: &TestApp, user: &str, database: &str) -> String {
+pub(crate) fn via_broker(app: &TestApp, user: &str, database: &str) -> String {
     format!(
         "host=127.0.0.1 port={} user={user} dbname={database} sslmode=require connect_timeout=10",
         app.postgres.port()
     )
 }
 
-async fn psql(conninfo: &str, password: &str, args: &[&str]) -> Output {
+pub(crate) async fn psql(conninfo: &str, password: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new("psql");
     cmd.arg(conninfo)
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
@@ -235,7 +235,7 @@ fn run_blocking(cmd: &mut Command, stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
