@@ -44,10 +44,13 @@ impl Identity {
         let nonce = oidc::random_token(24);
         let pkce = oidc::pkce();
         let now = now_us();
-        let url = oidc
+        let url = match oidc
             .authorize_url(&state, &nonce, &pkce.challenge, login_hint)
             .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        {
+            Ok(url) => url,
+            Err(e) => return Err(self.idp_outage(client, LoginMethod::Sso, &e).await),
+        };
         store::identity::insert_login_request(
             &self.inner.db,
             &store::identity::LoginRequest {
@@ -90,10 +93,13 @@ impl Identity {
         let nonce = oidc::random_token(24);
         let pkce = oidc::pkce();
         let now = now_us();
-        let url = oidc
+        let url = match oidc
             .authorize_url(&state, &nonce, &pkce.challenge, login_hint)
             .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        {
+            Ok(url) => url,
+            Err(e) => return Err(self.idp_outage(client, LoginMethod::Sso, &e).await),
+        };
         store::identity::insert_login_request(
             &self.inner.db,
             &store::identity::LoginRequest {

@@ -15,10 +15,13 @@ impl Identity {
     pub async fn device_start(&self, client: &Client) -> Result<DeviceStart, LoginError> {
         let oidc = self.oidc()?;
         self.check_ip_lock(client).await?;
-        let grant = oidc
-            .device_authorize()
-            .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let grant = match oidc.device_authorize().await {
+            Ok(grant) => grant,
+            Err(e @ OidcError::Unreachable(_)) => {
+                return Err(self.idp_outage(client, LoginMethod::Device, &e).await);
+            }
+            Err(e) => return Err(LoginError::Unavailable(e.to_string())),
+        };
         let interval = grant.interval.unwrap_or(DEFAULT_DEVICE_INTERVAL).max(1);
         let request_id = oidc::random_token(24);
         let now = now_us();
@@ -146,8 +149,8 @@ impl Identity {
                 let response = self.open_session(identity, &key, client, json!({})).await?;
                 Ok(DeviceOutcome::Done(Box::new(response)))
             }
-            Err(OidcError::Unreachable(e)) => Err(LoginError::Unavailable(format!(
-                "the identity provider is unreachable: {e}"
+            Err(e @ OidcError::Unreachable(_)) => Err(LoginError::Unavailable(format!(
+                "{e}; try again in a moment"
             ))),
             Err(e) => {
                 let _ = store::identity::use_login_request(&self.inner.db, request_id, now).await;

@@ -102,6 +102,29 @@ impl Identity {
         locked
     }
 
+    /// Audits a login the IdP could not take part in (down, timing out,
+    /// answering garbage or a server error) and returns the error to show.
+    /// The user did nothing wrong, so it counts against no lockout: an
+    /// outage must not lock an office out once the IdP is back.
+    pub(super) async fn idp_outage(
+        &self,
+        client: &Client,
+        method: LoginMethod,
+        error: &super::oidc::OidcError,
+    ) -> LoginError {
+        Metrics::inc(&self.inner.metrics.logins_failure);
+        let event = AuditEvent::new(EventKind::LoginFailure, Outcome::Failure)
+            .source_ip(client.ip)
+            .details(json!({
+                "reason": error.reason(),
+                "method": method.as_str(),
+                "user_agent": client.user_agent,
+                "details": {"error": error.to_string()},
+            }));
+        self.inner.audit.note(event).await;
+        LoginError::Unavailable(format!("{error}; try again in a moment"))
+    }
+
     /// Audits a refusal for a locked account without counting it again.
     pub(super) async fn refuse_quietly(
         &self,

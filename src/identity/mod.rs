@@ -251,12 +251,8 @@ impl Identity {
     ) -> Result<UserIdentity, LoginError> {
         let identity = match identity {
             Ok(identity) => identity,
-            Err(OidcError::Unreachable(e)) => {
-                self.refuse(None, client, method, "idp_unreachable", json!({"error": e}))
-                    .await;
-                return Err(LoginError::Unavailable(
-                    "the identity provider is unreachable".into(),
-                ));
+            Err(e @ OidcError::Unreachable(_)) => {
+                return Err(self.idp_outage(client, method, &e).await);
             }
             Err(e) => {
                 return Err(self

@@ -25,7 +25,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 
 use crate::config::OidcConfig;
 use crate::domain::principal::{LoginMethod, UserIdentity};
@@ -58,7 +58,9 @@ type Cached = Arc<(Metadata, Option<Instant>)>;
 /// audit and to show (it never contains a token).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OidcError {
-    #[error("the identity provider is unreachable: {0}")]
+    /// Down, timing out, or answering something that is not OAuth (garbage,
+    /// a server error page): not the user's doing.
+    #[error("the identity provider is unavailable: {0}")]
     Unreachable(String),
     #[error("the identity provider refused: {0}")]
     Refused(String),
@@ -135,6 +137,9 @@ pub struct Oidc {
     /// The discovered metadata, and when the JWKS was last refreshed for an
     /// unknown key id.
     metadata: RwLock<Option<Cached>>,
+    /// When the JWKS was last asked for because of an unknown key id
+    /// (held while asking, so concurrent unknown ids make one request).
+    jwks_asked: Mutex<Option<Instant>>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +173,7 @@ impl Oidc {
             config: config.clone(),
             http,
             metadata: RwLock::new(None),
+            jwks_asked: Mutex::new(None),
         })
     }
 
@@ -191,12 +197,22 @@ impl Oidc {
         Ok(fresh)
     }
 
-    /// Fetches the JWKS again (a new `kid` appeared), at most every few seconds.
-    async fn refresh_jwks(&self) -> Result<bool, OidcError> {
+    /// Fetches the JWKS again (a new `kid` appeared: a key rotation) at
+    /// most once every [`JWKS_REFRESH_MIN`], failed attempts included, so
+    /// forged key ids cannot make the broker hammer the IdP. `seen` is the
+    /// metadata the caller verified with: when another login refreshed it
+    /// meanwhile, the caller just tries again. True when there is newer
+    /// metadata to try.
+    async fn refresh_jwks(&self, seen: &Cached) -> Result<bool, OidcError> {
+        let mut asked = self.jwks_asked.lock().await;
         let current = self.metadata().await?;
-        if current.1.is_some_and(|at| at.elapsed() < JWKS_REFRESH_MIN) {
+        if !Arc::ptr_eq(&current, seen) {
+            return Ok(true);
+        }
+        if asked.is_some_and(|at| at.elapsed() < JWKS_REFRESH_MIN) {
             return Ok(false);
         }
+        *asked = Some(Instant::now());
         let jwks = CoreJsonWebKeySet::fetch_async(current.0.jwks_uri(), &self.http)
             .await
             .map_err(|e| OidcError::Unreachable(error_chain(&e)))?;
@@ -373,8 +389,14 @@ impl Oidc {
             .bytes()
             .await
             .map_err(|e| OidcError::Unreachable(error_chain(&e)))?;
-        serde_json::from_slice(&body)
-            .map_err(|_| OidcError::Refused(format!("malformed token response (HTTP {status})")))
+        // A server error, or anything that is not an OAuth answer, is an
+        // IdP that is failing, not a refusal of this user.
+        match serde_json::from_slice::<TokenResponse>(&body) {
+            Ok(parsed) if !status.is_server_error() => Ok(parsed),
+            _ => Err(OidcError::Unreachable(format!(
+                "its token endpoint answered HTTP {status} without an OAuth response"
+            ))),
+        }
     }
 
     /// `client_secret_basic` (RFC 6749 2.3.1: form-encoded, then base64).
@@ -406,7 +428,7 @@ impl Oidc {
         let metadata = self.metadata().await?;
         match self.verify_claims(&token, &metadata.0, nonce, method, raw) {
             Err(OidcError::InvalidToken(reason)) if reason == "unknown signing key" => {
-                if self.refresh_jwks().await? {
+                if self.refresh_jwks(&metadata).await? {
                     let metadata = self.metadata().await?;
                     self.verify_claims(&token, &metadata.0, nonce, method, raw)
                 } else {

@@ -13,6 +13,7 @@ mod ecs_ssh;
 mod edge;
 mod export;
 mod faults_disk;
+mod faults_idp_aws;
 mod faults_shutdown;
 mod faults_store;
 mod faults_target;

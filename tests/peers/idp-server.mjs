@@ -10,12 +10,17 @@
 //   IDP_CLIENT_SECRET  its secret                  (default pam-test-secret)
 //   IDP_REDIRECT_URIS  comma-separated redirect URIs of that client
 //   IDP_AUTO_LOGIN     1 (default): log in as login_hint (or alice) without a form
+//   IDP_ISSUER         the issuer URL, when the IdP is reached through something else
+//                      (the fault suite's proxy); default http://127.0.0.1:IDP_PORT
 //
 // Test control (loopback only):
 //   POST /test/forge {"mode": M}  the next token response carries an ID token forged by M:
 //     bad-signature | alg-none | hs256-pubkey | expired | wrong-aud | wrong-iss |
 //     unknown-kid | wrong-nonce | future-iat | rotate-key (a new key, published in the JWKS)
 //   POST /test/amr {"user": U, "amr": [...]}  change the methods U logs in with
+//   POST /test/rotate  a key rotation: from now on every ID token is signed by a new key,
+//                      and the JWKS publishes that key only (the old one is gone)
+//   GET  /test/stats   {"jwks": N}: how many times the JWKS was fetched
 import crypto from 'node:crypto';
 import http from 'node:http';
 import path from 'node:path';
@@ -27,7 +32,7 @@ const require = createRequire(path.join(IDP_DIR, 'package.json'));
 const { default: Provider } = await import(pathToFileURL(require.resolve('oidc-provider')).href);
 
 const PORT = Number(process.env.IDP_PORT);
-const ISSUER = `http://127.0.0.1:${PORT}`;
+const ISSUER = process.env.IDP_ISSUER || `http://127.0.0.1:${PORT}`;
 const AUTO = (process.env.IDP_AUTO_LOGIN ?? '1') !== '0';
 const CLIENT_ID = process.env.IDP_CLIENT_ID || 'pam';
 
@@ -52,6 +57,10 @@ function rsaJwk(kid) {
 }
 const SIGNING = rsaJwk('test-rs256');
 const extraPublicKeys = [];
+// After POST /test/rotate: the key every ID token is signed with, and the only one published.
+let rotated = null;
+let jwksFetches = 0;
+const publicPart = ({ d, p, q, dp, dq, qi, ...pub }) => pub;
 
 const provider = new Provider(ISSUER, {
   clients: [{
@@ -235,6 +244,31 @@ const server = http.createServer(async (req, res) => {
       USERS[user].amr = amr;
       res.writeHead(204); return res.end();
     }
+    if (req.url === '/test/rotate' && req.method === 'POST') {
+      rotated = rsaJwk(`rotated-${Date.now()}`);
+      res.writeHead(204); return res.end();
+    }
+    if (req.url === '/test/stats') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return res.end(JSON.stringify({ jwks: jwksFetches }));
+    }
+    if (req.url.startsWith('/token') && rotated && !forgeMode) {
+      const key = rotated;
+      rewriteJson(res, (body) => {
+        if (body.id_token) {
+          const [h, p] = body.id_token.split('.');
+          const header = { ...JSON.parse(Buffer.from(h, 'base64url')), kid: key.kid };
+          const data = `${b64u(JSON.stringify(header))}.${p}`;
+          const signer = crypto.createPrivateKey({ key, format: 'jwk' });
+          body.id_token = `${data}.${crypto.sign('sha256', Buffer.from(data), signer).toString('base64url')}`;
+        }
+        return body;
+      });
+    }
+    if (req.url.startsWith('/jwks')) jwksFetches += 1;
+    if (req.url.startsWith('/jwks') && rotated) {
+      rewriteJson(res, () => ({ keys: [publicPart(rotated), ...extraPublicKeys] }));
+    }
     if (req.url.startsWith('/token') && forgeMode) {
       const mode = forgeMode;
       rewriteJson(res, (body) => {
@@ -242,7 +276,7 @@ const server = http.createServer(async (req, res) => {
         return body;
       });
     }
-    if (req.url.startsWith('/jwks') && extraPublicKeys.length) {
+    if (req.url.startsWith('/jwks') && extraPublicKeys.length && !rotated) {
       rewriteJson(res, (body) => ({ keys: [...body.keys, ...extraPublicKeys] }));
     }
     return callback(req, res);

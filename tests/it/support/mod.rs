@@ -36,6 +36,8 @@ pub struct TestApp {
     pub database: TestDatabase,
     pub client: reqwest::Client,
     pub idp: Option<peers::Idp>,
+    /// The fault proxy in front of the IdP (`Options::idp_behind_proxy`).
+    pub idp_proxy: Option<proxy::FaultProxy>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -62,6 +64,9 @@ pub struct Options {
     pub env: HashMap<String, String>,
     /// Start a real OIDC provider for this broker and configure `[oidc]`.
     pub idp: bool,
+    /// With `idp`: the broker and the browser reach the IdP through a
+    /// fault proxy (`TestApp::idp_proxy`), which is its issuer URL.
+    pub idp_behind_proxy: bool,
     /// Share another broker's key material (a fleet).
     pub keys_dir: Option<PathBuf>,
     /// `server.data_dir` somewhere else than the test's temp dir (a small
@@ -92,8 +97,19 @@ impl TestApp {
         let postgres = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_addr = http.local_addr().unwrap();
         let base_url = format!("http://{http_addr}");
+        let mut idp_proxy = None;
         let idp = if options.idp {
-            let idp = peers::Idp::start(&format!("{base_url}/auth/callback")).await;
+            let redirect = format!("{base_url}/auth/callback");
+            let idp = if options.idp_behind_proxy {
+                let port = free_port();
+                let proxy =
+                    proxy::FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+                let issuer = format!("http://{}", proxy.addr);
+                idp_proxy = Some(proxy);
+                peers::Idp::start_at(&redirect, port, Some(&issuer)).await
+            } else {
+                peers::Idp::start(&redirect).await
+            };
             options
                 .env
                 .insert("PAM_OIDC__ISSUER".into(), idp.issuer.clone());
@@ -187,6 +203,7 @@ dir = "{policies}"
                 .build()
                 .unwrap(),
             idp,
+            idp_proxy,
             shutdown,
             handle: Some(handle),
         }

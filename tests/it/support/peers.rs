@@ -35,8 +35,16 @@ pub struct Idp {
 
 impl Idp {
     pub async fn start(redirect_uri: &str) -> Idp {
+        Self::start_at(redirect_uri, super::free_port(), None).await
+    }
+
+    /// An IdP listening on `port` whose issuer is `issuer` (default: its
+    /// own address): how it sits behind the fault suite's proxy.
+    pub async fn start_at(redirect_uri: &str, port: u16, issuer: Option<&str>) -> Idp {
         let node_dir = Path::new(&required_env("PAM_TEST_PEERS_DIR")).join("node");
-        let port = super::free_port();
+        let issuer = issuer
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         let log = std::fs::File::create(std::env::temp_dir().join(format!("pam-idp-{port}.log")))
             .unwrap();
         let child = Command::new("node")
@@ -46,16 +54,17 @@ impl Idp {
             .env("IDP_CLIENT_ID", IDP_CLIENT_ID)
             .env("IDP_CLIENT_SECRET", IDP_CLIENT_SECRET)
             .env("IDP_REDIRECT_URIS", redirect_uri)
+            .env("IDP_ISSUER", &issuer)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("starting node (the test IdP)");
         let mut idp = Idp {
-            issuer: format!("http://127.0.0.1:{port}"),
+            issuer,
             child,
             http: reqwest::Client::new(),
         };
-        let discovery = format!("{}/.well-known/openid-configuration", idp.issuer);
+        let discovery = format!("http://127.0.0.1:{port}/.well-known/openid-configuration");
         for _ in 0..200 {
             if let Some(status) = idp.child.try_wait().unwrap() {
                 panic!(
@@ -85,6 +94,32 @@ impl Idp {
             .await
             .unwrap();
         assert!(response.status().is_success());
+    }
+
+    /// Rotates the signing key: every ID token from now on is signed by a
+    /// new key, the only one the JWKS publishes.
+    pub async fn rotate(&self) {
+        let response = self
+            .http
+            .post(format!("{}/test/rotate", self.issuer))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+
+    /// How many times the JWKS was fetched.
+    pub async fn jwks_fetches(&self) -> u64 {
+        let stats: serde_json::Value = self
+            .http
+            .get(format!("{}/test/stats", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["jwks"].as_u64().unwrap()
     }
 
     /// Changes how `user` authenticates (the `amr` the IdP reports).

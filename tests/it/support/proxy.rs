@@ -3,7 +3,9 @@
 //! it, at any moment, between passing bytes, a black hole (connections stay
 //! open, nothing passes either way: what a dead host or a dropped route
 //! looks like, not a clean close), refusing (nothing listens: connection
-//! refused), delaying every chunk, or resetting every live connection.
+//! refused), delaying every chunk, resetting every live connection, or
+//! answering every new connection itself with fixed bytes (garbage, an
+//! HTTP 500), as a broken server in front of the peer would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,10 @@ pub enum Mode {
     Refuse,
     /// Every chunk (and every new connection) waits this long.
     Delay(Duration),
+    /// New connections never reach the peer: the first request (up to the
+    /// end of its head) is read and answered with these bytes, then the
+    /// connection is closed. Live ones pass.
+    Answer(&'static [u8]),
 }
 
 /// The proxy; stopped (every connection cut) on drop.
@@ -129,6 +135,10 @@ async fn accept_loop(
             }
             accepted = l.accept() => {
                 let Ok((client, _)) = accepted else { continue };
+                if let Mode::Answer(bytes) = *modes.borrow() {
+                    tokio::spawn(answer(client, bytes));
+                    continue;
+                }
                 let modes = modes.clone();
                 let resets = reset.subscribe();
                 let live = live.clone();
@@ -140,6 +150,29 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Reads one request head (or whatever arrives within a second) and
+/// answers `bytes`, then closes.
+async fn answer(mut client: TcpStream, bytes: &'static [u8]) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read_head).await;
+    let _ = client.write_all(bytes).await;
+    let _ = client.shutdown().await;
+    // Drain what the client still sends (a request body) until it closes:
+    // closing with unread bytes would reset the connection before the
+    // client read the answer.
+    let drain = async { while let Ok(1..) = client.read(&mut buf).await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 async fn connection(
