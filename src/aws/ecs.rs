@@ -119,7 +119,7 @@ pub async fn execute_command(
     container: &str,
     command: &str,
 ) -> Result<Started, ApiError> {
-    let client = aws.ecs();
+    let client = aws.ecs_no_replay();
     let output = client
         .execute_command()
         .cluster(cluster)

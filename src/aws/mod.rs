@@ -6,7 +6,8 @@
 //! broker at a local emulator. Both are read from the environment map the
 //! broker was started with (the process environment in production), so a
 //! broker inside a test process gets its own. One HTTPS client (hyper 1 +
-//! rustls with ring) serves every service.
+//! rustls with ring) serves every service. Every call retries and times out
+//! as `retry.rs` says.
 
 pub mod credentials;
 pub mod ec2;
@@ -19,6 +20,7 @@ pub mod logs;
 pub mod query;
 pub mod rds;
 pub mod rds_describe;
+pub mod retry;
 pub mod s3;
 pub mod secrets;
 pub mod ssm;
@@ -58,7 +60,10 @@ impl Aws {
     /// is asked only when `used`, else one line says so and us-east-1
     /// stands. Credentials are always looked for at the first call only.
     pub async fn load_for(config: &AwsConfig, env: &HashMap<String, String>, used: bool) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https())
+            .retry_config(retry::retry_config())
+            .timeout_config(retry::timeouts());
         let mut region = config
             .region
             .clone()
@@ -139,7 +144,15 @@ impl Aws {
         let needs_http = sdk.http_client().is_none();
         let needs_region = sdk.region().is_none();
         let needs_behavior = sdk.behavior_version().is_none();
+        let needs_retry = sdk.retry_config().is_none();
+        let needs_timeouts = sdk.timeout_config().is_none();
         let mut builder = sdk.into_builder();
+        if needs_retry {
+            builder = builder.retry_config(retry::retry_config());
+        }
+        if needs_timeouts {
+            builder = builder.timeout_config(retry::timeouts());
+        }
         if needs_http {
             builder = builder.http_client(https());
         }
@@ -181,6 +194,27 @@ impl Aws {
             builder = builder.endpoint_url(url);
         }
         aws_sdk_secretsmanager::Client::from_conf(builder.build())
+    }
+
+    /// ECS for `ExecuteCommand`, which starts a session at AWS each time it
+    /// gets through: retried on throttling only.
+    pub fn ecs_no_replay(&self) -> aws_sdk_ecs::Client {
+        let mut builder =
+            aws_sdk_ecs::config::Builder::from(&self.sdk).retry_classifier(retry::ThrottlingOnly);
+        if let Some(url) = self.endpoint("ecs") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_ecs::Client::from_conf(builder.build())
+    }
+
+    /// SSM for `StartSession` (same reason as [`Aws::ecs_no_replay`]).
+    pub fn ssm_no_replay(&self) -> aws_sdk_ssm::Client {
+        let mut builder =
+            aws_sdk_ssm::config::Builder::from(&self.sdk).retry_classifier(retry::ThrottlingOnly);
+        if let Some(url) = self.endpoint("ssm") {
+            builder = builder.endpoint_url(url);
+        }
+        aws_sdk_ssm::Client::from_conf(builder.build())
     }
 
     pub fn ecs(&self) -> aws_sdk_ecs::Client {
@@ -230,6 +264,7 @@ impl Aws {
     /// (`s3::put_object` sets Content-MD5 and SHA-256), so the SDK adds none.
     pub fn s3(&self) -> aws_sdk_s3::Client {
         let mut builder = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .timeout_config(retry::bulk_timeouts())
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
             );

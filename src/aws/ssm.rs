@@ -38,7 +38,7 @@ pub async fn start_session(
     document: &str,
     parameters: &[(&str, &str)],
 ) -> Result<Started, ApiError> {
-    let client = aws.ssm();
+    let client = aws.ssm_no_replay();
     let mut request = client
         .start_session()
         .target(target)

@@ -43,7 +43,7 @@ impl std::fmt::Debug for Assumed {
 
 /// An STS failure: its error code (for the audit trail) and message.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("STS refused AssumeRole: {message}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+#[error("STS AssumeRole failed: {message}{}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
 pub struct StsError {
     pub code: Option<String>,
     pub message: String,
@@ -79,8 +79,11 @@ pub async fn assume_role(aws: &Aws, request: &AssumeRequest) -> Result<Assumed, 
         let message = match e.message() {
             Some(m) => m.to_owned(),
             None => match &e {
-                aws_sdk_sts::error::SdkError::DispatchFailure(_)
-                | aws_sdk_sts::error::SdkError::TimeoutError(_) => "STS is unreachable".to_owned(),
+                aws_sdk_sts::error::SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+                    timed_out()
+                }
+                aws_sdk_sts::error::SdkError::DispatchFailure(_) => "STS is unreachable".to_owned(),
+                aws_sdk_sts::error::SdkError::TimeoutError(_) => timed_out(),
                 other => other.to_string(),
             },
         };
@@ -97,6 +100,15 @@ pub async fn assume_role(aws: &Aws, request: &AssumeRequest) -> Result<Assumed, 
         expiration: credentials.expiration().secs(),
         assumed_role_arn: output.assumed_role_user().map(|u| u.arn().to_owned()),
     })
+}
+
+/// What a user is told when STS did not answer in time (retries included).
+fn timed_out() -> String {
+    format!(
+        "STS did not answer within {}s (each attempt {}s, retried); try again in a moment",
+        super::retry::OPERATION_TIMEOUT.as_secs(),
+        super::retry::ATTEMPT_TIMEOUT.as_secs()
+    )
 }
 
 /// `GetCallerIdentity`: the ARN of the broker's own principal.

@@ -235,3 +235,164 @@ async fn a_rotated_idp_key_keeps_users_logged_in_and_new_logins_work_but_unknown
     assert_eq!(whoami(alice.token).await, 200);
     assert_eq!(app.events("login.success").await.len(), 3);
 }
+
+const ROLE: &str = r#"
+[[target]]
+name = "dev-readonly"
+kind = "aws"
+role_arn = "arn:aws:iam::123456789012:role/pam-dev-readonly"
+max_duration = "1h"
+tags = { env = "dev" }
+"#;
+
+/// A broker whose STS is `sts`, with moto's test keys.
+async fn app_with_sts(sts: &str) -> TestApp {
+    let env = [
+        ("AWS_ENDPOINT_URL_STS", sts.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    TestApp::spawn_with(Options {
+        idp: true,
+        toml: ROLE.into(),
+        env,
+        ..Options::default()
+    })
+    .await
+}
+
+/// `POST /api/v1/aws/credentials` for dev-readonly: status, body, time taken.
+async fn ask_credentials(app: &TestApp, token: &str) -> (u16, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let response = app
+        .client
+        .post(app.url("/api/v1/aws/credentials"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"role": "dev-readonly"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or_default();
+    (status, body, started.elapsed())
+}
+
+/// Nothing half-issued: every success event names credentials a user got
+/// (`delivered`: their access key ids), every delivered key has its event,
+/// and every failure event names no key.
+async fn assert_never_half_issued(app: &TestApp, delivered: &[String]) {
+    let events = app.events("aws.credentials.issued").await;
+    let mut recorded = Vec::new();
+    for event in &events {
+        let details: serde_json::Value = serde_json::from_str(&event.details).unwrap();
+        if event.outcome == "success" {
+            recorded.push(details["access_key_id"].as_str().unwrap().to_owned());
+        } else {
+            assert!(details.get("access_key_id").is_none(), "{details}");
+        }
+    }
+    assert_eq!(
+        recorded, delivered,
+        "success events and delivered credentials"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_throttling_is_retried_with_backoff_and_a_lasting_one_is_a_clear_audited_error() {
+    let throttle =
+        crate::support::throttle::Throttle::start(&crate::support::aws::moto_url(), "AssumeRole")
+            .await;
+    let app = app_with_sts(&throttle.url).await;
+    let bob = app.sso_login("bob").await.unwrap().response;
+    let mut delivered = Vec::new();
+
+    // Throttled twice: the SDK retries with backoff and the user never knows.
+    throttle.throttle_next(2);
+    let (status, body, took) = ask_credentials(&app, &bob.token).await;
+    assert_eq!(status, 200, "{body}");
+    delivered.push(body["AccessKeyId"].as_str().unwrap().to_owned());
+    assert_eq!((throttle.seen(), throttle.throttled()), (3, 2));
+    println!(
+        "sts throttled twice: credentials after {took:?} (waits {:?})",
+        throttle.gaps()
+    );
+
+    // Throttled for good: a bounded number of attempts, then a clear error,
+    // audited with AWS's code; no credentials anywhere.
+    throttle.throttle_next(u32::MAX);
+    let (status, body, took) = ask_credentials(&app, &bob.token).await;
+    println!("sts throttled for good: {status} after {took:?}: {body}");
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Throttling"), "{body}");
+    assert!(body.get("AccessKeyId").is_none(), "{body}");
+    assert!(took < PATIENCE, "{took:?}");
+    assert_eq!(throttle.seen(), 3 + pam::aws::retry::MAX_ATTEMPTS);
+    let failures: Vec<serde_json::Value> = app
+        .events("aws.credentials.issued")
+        .await
+        .iter()
+        .filter(|e| e.outcome == "failure")
+        .map(|e| serde_json::from_str(&e.details).unwrap())
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["error_code"], "Throttling");
+
+    // Healed by itself.
+    throttle.heal();
+    let (status, body, _) = ask_credentials(&app, &bob.token).await;
+    assert_eq!(status, 200, "{body}");
+    delivered.push(body["AccessKeyId"].as_str().unwrap().to_owned());
+    assert_never_half_issued(&app, &delivered).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sts_black_holed_or_refusing_is_a_clear_audited_error_and_heals() {
+    let moto: std::net::SocketAddr = crate::support::aws::moto_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = crate::support::proxy::FaultProxy::start(moto).await;
+    let app = app_with_sts(&format!("http://{}", proxy.addr)).await;
+    let bob = app.sso_login("bob").await.unwrap().response;
+    let mut delivered = Vec::new();
+    let (status, body, _) = ask_credentials(&app, &bob.token).await;
+    assert_eq!(status, 200, "{body}");
+    delivered.push(body["AccessKeyId"].as_str().unwrap().to_owned());
+
+    for (name, mode, says) in [
+        ("black hole", Mode::BlackHole, "did not answer within"),
+        ("refusing", Mode::Refuse, "unreachable"),
+    ] {
+        proxy.set(mode);
+        proxy.reset_all();
+        let (status, body, took) = ask_credentials(&app, &bob.token).await;
+        println!("sts {name}: {status} after {took:?}: {body}");
+        assert_eq!(status, 502, "{name}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{name}: {body}");
+        assert!(body.get("AccessKeyId").is_none(), "{body}");
+        assert!(took < PATIENCE, "{name}: {took:?}");
+        proxy.set(Mode::Pass);
+        let healed = Instant::now();
+        let (status, body, _) = ask_credentials(&app, &bob.token).await;
+        assert_eq!(status, 200, "{name}, healed: {body}");
+        println!(
+            "sts {name} healed: credentials {:?} later",
+            healed.elapsed()
+        );
+        delivered.push(body["AccessKeyId"].as_str().unwrap().to_owned());
+    }
+    let failures = app
+        .events("aws.credentials.issued")
+        .await
+        .into_iter()
+        .filter(|e| e.outcome == "failure")
+        .count();
+    assert_eq!(failures, 2);
+    assert_never_half_issued(&app, &delivered).await;
+}

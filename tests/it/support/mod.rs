@@ -10,6 +10,7 @@ pub mod faults;
 pub mod gate;
 pub mod peers;
 pub mod proxy;
+pub mod throttle;
 pub mod webhook;
 
 use std::collections::HashMap;
