@@ -3,11 +3,17 @@
 # run (8 SSH clients, a PostgreSQL restart every run) for MINUTES minutes and
 # plots the broker's fds, RSS and errors per run into docs/soak.svg.
 # Each run is a fresh broker: this catches leaks per fault cycle, not drift
-# of one long-lived process (a one-process soak is still to do).
+# of one long-lived process; `--one-broker` runs one process for the whole
+# time with faults injected every few minutes (bench/soak_one_broker.sh).
 #
-# usage: bench/soak.sh [MINUTES]   (default 60)
+# usage: bench/soak.sh [MINUTES]                (default 60)
+#        bench/soak.sh --one-broker [MINUTES]   (default 60; docs/soak-one-broker.svg)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ "${1:-}" = "--one-broker" ]; then
+  shift
+  exec bench/soak_one_broker.sh "$@"
+fi
 MINUTES=${1:-60}
 OUT=$(mktemp -d /tmp/pam-soak.XXXXXX)
 end=$(( $(date +%s) + MINUTES * 60 ))

@@ -214,6 +214,20 @@ impl Metrics {
             "Failure events recorded inside a summary event instead of one by one.",
             get(&self.failures_aggregated),
         );
+        // The runtime's live tasks: a leak of spawned work shows here
+        // (bench/soak.sh plots it).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let _ = writeln!(
+                out,
+                "# HELP pam_tasks_alive Tasks alive in the broker's async runtime."
+            );
+            let _ = writeln!(out, "# TYPE pam_tasks_alive gauge");
+            let _ = writeln!(
+                out,
+                "pam_tasks_alive {}",
+                runtime.metrics().num_alive_tasks()
+            );
+        }
         render_export(&mut out, self);
         out
     }
