@@ -396,3 +396,65 @@ async fn sts_black_holed_or_refusing_is_a_clear_audited_error_and_heals() {
     assert_eq!(failures, 2);
     assert_never_half_issued(&app, &delivered).await;
 }
+
+/// ECS Exec against the fake control plane (`support::fake_aws`; no
+/// emulator has ECS Exec) behind the throttling stand-in: `ExecuteCommand`
+/// starts a session at AWS whenever it gets through, so it is retried when
+/// throttled (nothing happened) and never after a server error (something
+/// may have).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_exec_is_retried_when_throttled_but_a_failed_start_is_never_replayed() {
+    use crate::support::fake_aws::{FakeAws, Task};
+    let fake = FakeAws::start(std::env::var("PAM_TEST_MOTO_URL").ok()).await;
+    fake.add_task(Task::running("prod", "orders-api", "abc123", "app"));
+    let throttle = crate::support::throttle::Throttle::start(&fake.url, "ExecuteCommand").await;
+    let credentials =
+        aws_credential_types::Credentials::new("testing", "testing", None, None, "fake-aws");
+    let aws = pam::aws::Aws::from_sdk(
+        aws_config::SdkConfig::builder()
+            .endpoint_url(&throttle.url)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+            )
+            .build(),
+    );
+    let target = pam::config::EcsTarget {
+        cluster: "prod".into(),
+        service: Some("orders-api".into()),
+        task: None,
+        container: "app".into(),
+        command: None,
+    };
+    throttle.throttle_next(2);
+    let shell = pam::ecs::open(&target, &aws, None, (80, 24)).await;
+    assert!(shell.is_ok(), "{:?}", shell.err().map(|e| e.to_string()));
+    drop(shell);
+    assert_eq!((throttle.seen(), throttle.throttled()), (3, 2));
+
+    throttle.fail_next(1, 500, "ServerException");
+    let failed = pam::ecs::open(&target, &aws, None, (80, 24)).await;
+    let error = failed.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("ServerException"), "{error}");
+    assert_eq!(
+        throttle.seen(),
+        4,
+        "a failed ExecuteCommand is not replayed"
+    );
+
+    throttle.throttle_next(u32::MAX);
+    let started = Instant::now();
+    let failed = pam::ecs::open(&target, &aws, None, (80, 24)).await;
+    let error = failed.err().map(|e| e.to_string()).unwrap_or_default();
+    println!(
+        "ecs ExecuteCommand throttled for good: after {:?}: {error}",
+        started.elapsed()
+    );
+    assert!(error.contains("ThrottlingException"), "{error}");
+    assert!(started.elapsed() < PATIENCE);
+    assert_eq!(throttle.seen(), 4 + pam::aws::retry::MAX_ATTEMPTS);
+
+    throttle.heal();
+    let shell = pam::ecs::open(&target, &aws, None, (80, 24)).await;
+    assert!(shell.is_ok(), "{:?}", shell.err().map(|e| e.to_string()));
+}

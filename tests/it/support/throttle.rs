@@ -31,8 +31,10 @@ pub struct Throttle {
 struct Shared {
     upstream: String,
     operation: String,
-    /// Requests of the operation still to throttle.
+    /// Requests of the operation still to fail.
     remaining: AtomicU32,
+    /// How they fail: HTTP status and error code (0: throttling).
+    failure: Mutex<(u16, &'static str)>,
     /// Requests of the operation seen (throttled or forwarded).
     seen: AtomicU32,
     /// Of those, throttled.
@@ -49,6 +51,7 @@ impl Throttle {
             upstream: upstream.trim_end_matches('/').to_owned(),
             operation: operation.to_owned(),
             remaining: AtomicU32::new(0),
+            failure: Mutex::new((0, "")),
             seen: AtomicU32::new(0),
             throttled: AtomicU32::new(0),
             http: reqwest::Client::new(),
@@ -68,6 +71,14 @@ impl Throttle {
     /// Throttles the next `n` requests of the operation (`u32::MAX`: until
     /// [`Throttle::heal`]).
     pub fn throttle_next(&self, n: u32) {
+        *self.state.failure.lock().unwrap() = (0, "");
+        self.state.remaining.store(n, Ordering::SeqCst);
+    }
+
+    /// Fails the next `n` requests of the operation with `status` and the
+    /// JSON error `code` (`ServerException`, ...) instead.
+    pub fn fail_next(&self, n: u32, status: u16, code: &'static str) {
+        *self.state.failure.lock().unwrap() = (status, code);
         self.state.remaining.store(n, Ordering::SeqCst);
     }
 
@@ -80,7 +91,7 @@ impl Throttle {
         self.state.seen.load(Ordering::SeqCst)
     }
 
-    /// Of those, answered with throttling.
+    /// Of those, answered with throttling (or the failure of `fail_next`).
     pub fn throttled(&self) -> u32 {
         self.state.throttled.load(Ordering::SeqCst)
     }
@@ -127,6 +138,16 @@ async fn handle(
             .is_ok();
         if throttle {
             state.throttled.fetch_add(1, Ordering::SeqCst);
+            let (status, code) = *state.failure.lock().unwrap();
+            if status != 0 {
+                let body = format!(r#"{{"__type":"{code}","message":"{code} (test stand-in)"}}"#);
+                let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+                response.headers_mut().insert(
+                    "content-type",
+                    HeaderValue::from_static("application/x-amz-json-1.1"),
+                );
+                return response;
+            }
             return throttled(target.is_some());
         }
     }
