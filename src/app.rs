@@ -169,6 +169,7 @@ pub async fn run_with(
         config.recordings_dir(),
         config.server.shutdown_grace.0,
     );
+    let search = crate::search::Search::new(db.clone(), node.clone(), config.recordings_dir());
     let aws = Aws::load_for(&config.aws, &env, config.uses_aws()).await;
     let discovery = crate::discovery::Discovery::new(
         config.discovery.clone(),
@@ -237,6 +238,7 @@ pub async fn run_with(
         identity: identity.clone(),
         gate: gate.clone(),
         sessions: sessions.clone(),
+        search: search.clone(),
         targets: targets.clone(),
         discovery: (!config.discovery.is_empty()).then(|| discovery.clone()),
         metrics: metrics.clone(),
@@ -280,6 +282,7 @@ pub async fn run_with(
             stop_rooms.clone(),
         ),
     );
+    rooms.spawn(search.run(stop_rooms.clone()));
     rooms.spawn(purge_logins(identity.clone(), stop_rooms.clone()));
     rooms.spawn(exporter.run(stop_rooms.clone()));
     rooms.spawn(check_at_start(

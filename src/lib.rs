@@ -23,6 +23,7 @@ pub mod export;
 pub mod identity;
 pub mod keys;
 pub mod policy;
+pub mod search;
 pub mod sessions;
 pub mod ssm;
 pub mod store;

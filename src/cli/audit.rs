@@ -49,6 +49,8 @@ pub enum AuditCommand {
     Logins(EventsArgs),
     /// Brokered sessions, live first.
     Sessions(SessionsArgs),
+    /// Full-text search over sessions' output, commands and SQL.
+    Search(super::search::SearchArgs),
     /// Replay a recorded session in the terminal.
     Play {
         /// The session id (from `pam audit events` or the web view).
@@ -152,6 +154,7 @@ pub async fn run(command: AuditCommand, env: HashMap<String, String>) -> anyhow:
         AuditCommand::Events(args) => events_command(args, false, &env).await,
         AuditCommand::Logins(args) => events_command(args, true, &env).await,
         AuditCommand::Sessions(args) => sessions_command(args, &env).await,
+        AuditCommand::Search(args) => super::search::run(args, &env).await,
         AuditCommand::Play {
             session,
             speed,

@@ -10,6 +10,7 @@ mod db;
 mod home;
 mod login;
 mod policy;
+mod search;
 mod serve;
 mod ssh;
 mod targets;

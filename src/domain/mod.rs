@@ -5,4 +5,5 @@ pub mod audit;
 pub mod duration;
 pub mod policy;
 pub mod principal;
+pub mod search;
 pub mod session;

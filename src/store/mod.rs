@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod export;
 pub mod identity;
+pub mod search;
 pub mod sessions;
 
 use std::str::FromStr;

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod browser;
 pub mod error;
 pub mod openapi;
+pub mod search;
 pub mod trail;
 pub mod ui;
 
@@ -35,6 +36,8 @@ pub struct Deps {
     pub gate: Gate,
     pub aws: crate::aws::credentials::AwsAccess,
     pub sessions: Sessions,
+    /// Full-text search over ended sessions.
+    pub search: crate::search::Search,
     pub targets: crate::discovery::Targets,
     /// Discovery's per-source status (`/readyz` detail).
     pub discovery: Option<crate::discovery::Discovery>,
@@ -106,6 +109,7 @@ pub fn router(deps: Deps) -> Router {
         .route("/api/v1/audit/export", get(trail::api_export))
         .route("/api/v1/audit/verify", get(trail::api_verify))
         .route("/api/v1/audit/head", get(trail::api_head))
+        .route("/api/v1/audit/search", get(search::api_search))
         .route("/openapi.json", get(openapi::document))
         .route("/ui", get(ui::root))
         .route("/ui/", get(ui::root))
@@ -115,6 +119,7 @@ pub fn router(deps: Deps) -> Router {
         .route("/ui/logged-out", get(ui::logged_out))
         .route("/ui/static/{name}", get(ui::asset))
         .route("/ui/logins", get(ui::logins))
+        .route("/ui/search", get(ui::search))
         .route("/ui/sessions", get(ui::sessions))
         .route("/ui/sessions/{id}", get(ui::session))
         .route("/ui/sessions/{id}/recording", get(ui::recording))

@@ -18,7 +18,7 @@ use crate::support::peers::required_env;
 use crate::support::{Options, TestApp, eventually, free_port};
 
 /// A role and a database of their own in the SCRAM cluster, dropped after.
-struct ScramDb {
+pub(crate) struct ScramDb {
     role: String,
     password: String,
     database: String,
@@ -26,7 +26,7 @@ struct ScramDb {
 }
 
 impl ScramDb {
-    async fn create() -> ScramDb {
+    pub(crate) async fn create() -> ScramDb {
         Self::create_in(None).await
     }
 
@@ -141,7 +141,7 @@ pub(crate) async fn put_secret(value: &str) -> String {
 }
 
 /// A `[[target]]` for `db` whose password is in a new secret.
-async fn target(name: &str, db: &ScramDb, tags: &str) -> String {
+pub(crate) async fn target(name: &str, db: &ScramDb, tags: &str) -> String {
     let secret = put_secret(
         &serde_json::json!({"username": db.role, "password": db.password, "engine": "postgres"})
             .to_string(),
@@ -243,7 +243,7 @@ pub(crate) fn text(output: &Output) -> String {
     )
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     assert!(output.status.success(), "{}", text(output));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -525,7 +525,7 @@ async fn run_verification(web: &Web, csrf: &str) -> String {
 
 /// Where screenshots go: `$PAM_TEST_ARTIFACTS`, else `test-artifacts/web`
 /// under the cargo target dir.
-fn artifacts_dir() -> std::path::PathBuf {
+pub(crate) fn artifacts_dir() -> std::path::PathBuf {
     let dir = std::env::var_os("PAM_TEST_ARTIFACTS")
         .map(std::path::PathBuf::from)
         .or_else(|| {

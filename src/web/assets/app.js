@@ -22,12 +22,17 @@ document.addEventListener("DOMContentLoaded", () => {
 
   // The session recording, replayed in the page with a seekable timeline.
   const player = document.getElementById("player");
+  // A search hit links here with ?t=SECONDS: the player opens at that moment.
   if (player && player.dataset.cast && window.AsciinemaPlayer) {
-    window.pamPlayer = window.AsciinemaPlayer.create(player.dataset.cast, player, {
-      fit: "width",
-      idleTimeLimit: 2,
-      preload: true,
-      controls: true,
-    });
+    const options = { fit: "width", idleTimeLimit: 2, preload: true, controls: true };
+    const startAt = Number(player.dataset.startAt);
+    if (player.dataset.startAt && Number.isFinite(startAt) && startAt > 0) {
+      // Offsets are times in the recording: idle time is not compressed.
+      delete options.idleTimeLimit;
+      options.startAt = startAt;
+    }
+    window.pamPlayer = window.AsciinemaPlayer.create(player.dataset.cast, player, options);
+    // Paused, the player shows its first frame: show the hit's moment.
+    if (options.startAt) window.pamPlayer.seek(options.startAt);
   }
 });

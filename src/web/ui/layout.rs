@@ -109,6 +109,7 @@ pub(super) fn layout_with(
     let nav = [
         ("logins", "Logins"),
         ("sessions", "Sessions"),
+        ("search", "Search"),
         ("credentials", "AWS credentials"),
         ("decisions", "Policy decisions"),
         ("events", "All events"),

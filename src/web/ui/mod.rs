@@ -7,6 +7,7 @@
 mod assets;
 mod events;
 mod layout;
+mod search;
 mod sessions;
 mod verify;
 
@@ -17,6 +18,7 @@ use serde_json::{Value, json};
 pub use assets::asset;
 pub use events::{ExportParams, credentials, decisions, events, export, logins};
 pub use layout::{breakglass_page, login_failed_page, message_page};
+pub use search::search;
 pub use sessions::{TerminateForm, recording, session, sessions, terminate};
 pub use verify::{CsrfOnly, Verification, verify, verify_start};
 

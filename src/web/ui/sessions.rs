@@ -125,11 +125,19 @@ pub async fn sessions(
     html_response(StatusCode::OK, layout(&user, "Sessions", "sessions", body))
 }
 
-/// `GET /ui/sessions/{id}`: metadata, the recording player, the query log.
+/// `?t=SECONDS` on a session page: where the player starts (a search hit).
+#[derive(Debug, Deserialize)]
+pub struct SessionView {
+    t: Option<f64>,
+}
+
+/// `GET /ui/sessions/{id}[?t=SECONDS]`: metadata, the recording player
+/// (started at `t`), the query log.
 pub async fn session(
     user: WebUser,
     State(deps): State<Arc<Deps>>,
     UrlPath(id): UrlPath<String>,
+    Query(view): Query<SessionView>,
 ) -> Response {
     if !crate::audit::recording::valid_session_id(&id) {
         return message_page(
@@ -178,6 +186,10 @@ pub async fn session(
         html! {}
     };
     let meta: Value = serde_json::from_str(&s.details).unwrap_or(Value::Null);
+    let start_at = view
+        .t
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .map(|t| format!("{t:.3}"));
     let now = now_us();
     let body = html! {
         dl.meta {
@@ -201,7 +213,7 @@ pub async fn session(
         @if has_recording {
             h2 { "Recording" }
             p.integrity { (integrity) }
-            div #player data-cast={ "/ui/sessions/" (s.id) "/recording" } {}
+            div #player data-cast={ "/ui/sessions/" (s.id) "/recording" } data-start-at=[start_at] {}
             p { a href={ "/ui/sessions/" (s.id) "/recording" } download { "Download asciicast" } " · replay in a terminal: " code { "pam audit play " (s.id) } }
         }
         @if s.kind == "postgres" {
