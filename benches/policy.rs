@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use pam::domain::policy::{Action, RequestContext, Resource, TargetRef};
+use pam::domain::policy::{Action, RequestContext, Resource, TargetKind, TargetRef};
 use pam::domain::principal::{LoginMethod, UserIdentity};
 use pam::policy::Engine;
 
@@ -47,7 +47,11 @@ fn main() -> anyhow::Result<()> {
             tags.insert("team".to_owned(), format!("team-{}", i % 90));
             Resource::Target(TargetRef {
                 name: format!("svc-{i}"),
-                kind: if i % 2 == 0 { "ssh" } else { "postgres" }.to_owned(),
+                kind: if i % 2 == 0 {
+                    TargetKind::Ssh
+                } else {
+                    TargetKind::Postgres
+                },
                 tags,
             })
         })

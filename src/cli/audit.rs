@@ -634,7 +634,7 @@ async fn sessions_command(
             out,
             "{:<36}  {:<8}  {:<28}  {:<18}  {:<27}  {:<8}  {:>10}  {}",
             shown(&s.id),
-            shown(&s.kind),
+            shown(s.kind.as_str()),
             shown(&s.user_email),
             shown(&s.target),
             format_us(s.started_at),

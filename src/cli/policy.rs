@@ -12,7 +12,7 @@ use super::StoreArgs;
 use super::broker::Broker;
 use super::home::Home;
 use crate::api::TargetInfo;
-use crate::domain::policy::{Action, RequestContext, Resource, TargetRef};
+use crate::domain::policy::{Action, RequestContext, Resource, TargetKind, TargetRef};
 use crate::domain::principal::{LoginMethod, UserIdentity};
 use crate::policy::Engine;
 
@@ -139,7 +139,12 @@ fn check(args: CheckArgs, env: &HashMap<String, String>) -> anyhow::Result<ExitC
                     .unwrap_or_default();
                 Resource::Target(TargetRef {
                     name: name.to_owned(),
-                    kind: text("kind").unwrap_or_else(|| "ssh".into()),
+                    kind: match text("kind").as_deref() {
+                        None => TargetKind::Ssh,
+                        Some(kind) => TargetKind::parse(kind).with_context(|| {
+                            format!("unknown target kind {kind:?} (one of ssh, postgres, aws, ecs)")
+                        })?,
+                    },
                     tags,
                 })
             }

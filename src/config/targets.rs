@@ -134,7 +134,7 @@ impl TargetConfig {
     pub fn to_ref(&self) -> crate::domain::policy::TargetRef {
         crate::domain::policy::TargetRef {
             name: self.name.clone(),
-            kind: self.kind_name().to_owned(),
+            kind: self.target_kind(),
             tags: self.tags.clone(),
         }
     }
@@ -151,11 +151,17 @@ impl TargetConfig {
     }
 
     pub fn kind_name(&self) -> &'static str {
+        self.target_kind().as_str()
+    }
+
+    /// What the target is, as policy sees it.
+    pub fn target_kind(&self) -> crate::domain::policy::TargetKind {
+        use crate::domain::policy::TargetKind as Kind;
         match self.kind {
-            TargetKind::Ssh(_) => "ssh",
-            TargetKind::Postgres(_) => "postgres",
-            TargetKind::Aws(_) => "aws",
-            TargetKind::Ecs(_) => "ecs",
+            TargetKind::Ssh(_) => Kind::Ssh,
+            TargetKind::Postgres(_) => Kind::Postgres,
+            TargetKind::Aws(_) => Kind::Aws,
+            TargetKind::Ecs(_) => Kind::Ecs,
         }
     }
 }

@@ -58,9 +58,47 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRef {
     pub name: String,
-    /// `ssh`, `postgres`, `aws` or `ecs`.
-    pub kind: String,
+    pub kind: TargetKind,
     pub tags: BTreeMap<String, String>,
+}
+
+/// What a target is, as policies see it (the `kind` attribute of a
+/// `Target`): `ssh`, `postgres`, `aws` or `ecs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Ssh,
+    Postgres,
+    Aws,
+    Ecs,
+}
+
+impl TargetKind {
+    pub const ALL: [TargetKind; 4] = [
+        TargetKind::Ssh,
+        TargetKind::Postgres,
+        TargetKind::Aws,
+        TargetKind::Ecs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Ssh => "ssh",
+            TargetKind::Postgres => "postgres",
+            TargetKind::Aws => "aws",
+            TargetKind::Ecs => "ecs",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the action is on.

@@ -5,7 +5,9 @@ use std::fmt;
 
 /// What kind of target a session reaches (the `kind` column and field of
 /// `session.start` / `session.end`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Stored and serialized as `ssh`, `ecs` or `postgres`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SessionKind {
     /// An SSH target: a shell, command, subsystem or TCP forward.
     Ssh,
@@ -31,6 +33,19 @@ impl SessionKind {
     }
 }
 
+/// A stored kind that is none of [`SessionKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown session kind {0:?} (one of ssh, ecs, postgres)")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for SessionKind {
+    type Err = UnknownKind;
+
+    fn from_str(text: &str) -> Result<Self, UnknownKind> {
+        Self::parse(text).ok_or_else(|| UnknownKind(text.to_owned()))
+    }
+}
+
 impl fmt::Display for SessionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -41,7 +56,7 @@ impl fmt::Display for SessionKind {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionRecord {
     pub id: String,
-    pub kind: String,
+    pub kind: SessionKind,
     pub user_email: String,
     pub broker_session: Option<String>,
     pub target: String,

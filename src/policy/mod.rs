@@ -608,7 +608,7 @@ fn target_entity(uid: &EntityUid, target: &TargetRef) -> Result<Entity, String> 
             ),
             (
                 "kind".to_owned(),
-                RestrictedExpression::new_string(target.kind.clone()),
+                RestrictedExpression::new_string(target.kind.as_str().to_owned()),
             ),
             (
                 "env".to_owned(),

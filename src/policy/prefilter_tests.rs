@@ -164,7 +164,7 @@ fn inputs(case: &Case) -> (UserIdentity, Resource, RequestContext) {
         Action::Admin => Resource::Broker,
         _ => Resource::Target(TargetRef {
             name: "t".into(),
-            kind: "ssh".into(),
+            kind: crate::domain::policy::TargetKind::Ssh,
             tags: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
         }),
     };

@@ -362,7 +362,7 @@ impl Sessions {
         }
         let record = SessionRecord {
             id: id.clone(),
-            kind: new.kind.as_str().to_owned(),
+            kind: new.kind,
             user_email: entry.grant.principal.email().to_owned(),
             broker_session: Some(entry.grant.principal.session_id.clone()),
             target: entry.target().to_owned(),

@@ -28,7 +28,7 @@ pub async fn insert(db: &Db, s: &SessionRecord) -> Result<()> {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'live', $11, $12)",
         )
         .bind(&s.id)
-        .bind(&s.kind)
+        .bind(s.kind.as_str())
         .bind(&s.user_email)
         .bind(&s.broker_session)
         .bind(&s.target)
@@ -253,7 +253,12 @@ where
 {
     Ok(SessionRecord {
         id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
+        kind: row.try_get::<String, _>("kind")?.parse().map_err(
+            |e: crate::domain::session::UnknownKind| sqlx::Error::ColumnDecode {
+                index: "kind".into(),
+                source: e.into(),
+            },
+        )?,
         user_email: row.try_get("user_email")?,
         broker_session: row.try_get("broker_session")?,
         target: row.try_get("target")?,

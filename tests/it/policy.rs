@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use pam::domain::policy::{Action, RequestContext, Resource, TargetRef};
+use pam::domain::policy::{Action, RequestContext, Resource, TargetKind, TargetRef};
 use pam::domain::principal::{LoginMethod, UserIdentity};
 use pam::policy::Engine;
 
@@ -31,7 +31,7 @@ fn user(groups: &[&str], mfa: bool) -> UserIdentity {
 fn target(tags: &[(&str, &str)]) -> Resource {
     Resource::Target(TargetRef {
         name: "t".into(),
-        kind: "ssh".into(),
+        kind: TargetKind::Ssh,
         tags: tags
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

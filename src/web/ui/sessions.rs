@@ -18,7 +18,7 @@ use super::layout::{
 use super::{csrf_refused, enter, error_page};
 use crate::domain::audit::now_us;
 use crate::domain::policy::Action;
-use crate::domain::session::{SessionFilter, SessionRecord};
+use crate::domain::session::{SessionFilter, SessionKind, SessionRecord};
 use crate::web::Deps;
 use crate::web::browser::WebUser;
 use crate::web::error::Error;
@@ -216,7 +216,7 @@ pub async fn session(
             div #player data-cast={ "/ui/sessions/" (s.id) "/recording" } data-start-at=[start_at] {}
             p { a href={ "/ui/sessions/" (s.id) "/recording" } download { "Download asciicast" } " · replay in a terminal: " code { "pam audit play " (s.id) } }
         }
-        @if s.kind == "postgres" {
+        @if s.kind == SessionKind::Postgres {
             h2 { "Query log (" (queries.len()) ")" }
             table #queries {
                 thead { tr { th { "Time" } th { "Duration" } th { "Rows" } th { "Statement" } th { "Error" } } }
