@@ -423,7 +423,7 @@ impl Writer {
                             tracing::error!(error = %e, "audit append failed");
                             *failing = true;
                             Metrics::inc(&self.metrics.audit_errors);
-                            let error = AuditError::Unavailable(e.to_string());
+                            let error = AuditError::unavailable(e);
                             let _ = reply.send(Err(error.clone()));
                             down = Some(error);
                         }
@@ -436,7 +436,7 @@ impl Writer {
                     tracing::error!(error = %e, events = batch.len(), "audit append failed");
                     *failing = true;
                 }
-                let error = AuditError::Unavailable(e.to_string());
+                let error = AuditError::unavailable(e);
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -514,9 +514,7 @@ impl Writer {
                 tracing::error!(error = %e, id = %event.id, "audit.write_failed could not be recorded either")
             }
         }
-        let _ = reply.send(Err(AuditError::Unavailable(format!(
-            "the store refused this event: {error}"
-        ))));
+        let _ = reply.send(Err(AuditError::unavailable(RefusedEvent(error))));
     }
 
     async fn checkpoint_head(&self) {
@@ -532,6 +530,12 @@ impl Writer {
         }
     }
 }
+
+/// The store refused an event (a value it cannot hold): what the writer
+/// that sent it is told.
+#[derive(Debug, thiserror::Error)]
+#[error("the store refused this event: {0}")]
+struct RefusedEvent(#[source] store::Error);
 
 /// Tells the caller where its event landed, and mirrors the event to the
 /// `audit` tracing target.

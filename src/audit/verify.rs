@@ -155,9 +155,10 @@ pub async fn verify(
         }));
         loop {
             let page = match next.take() {
-                Some(task) => task
-                    .await
-                    .map_err(|e| store::Error::Invalid(format!("reader task: {e}")))??,
+                Some(task) => task.await.map_err(|source| store::Error::Task {
+                    task: "reader",
+                    source,
+                })??,
                 None => break,
             };
             if page.is_empty() {
@@ -176,7 +177,10 @@ pub async fn verify(
                 (page, hashes)
             })
             .await
-            .map_err(|e| store::Error::Invalid(format!("hashing task: {e}")))?;
+            .map_err(|source| store::Error::Task {
+                task: "hashing",
+                source,
+            })?;
             // Hashes of this page, built on the first broken link only.
             let mut index: Option<HashMap<&[u8], usize>> = None;
             let mut last_problem: Option<usize> = None;

@@ -373,10 +373,18 @@ impl EventRecord {
 /// refuse their action when the trail is fail-closed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
+    /// The store's error (shared: one failed batch answers many writers).
     #[error("the audit trail cannot be written: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
     #[error("the audit trail is shutting down")]
     ShuttingDown,
+}
+
+impl AuditError {
+    /// The trail cannot be written because of `source`.
+    pub fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        AuditError::Unavailable(source.into().into())
+    }
 }
 
 /// Longest `actor`, `source_ip`, `target` or `session_id` kept, in bytes.

@@ -386,7 +386,7 @@ impl Sessions {
         };
         if let Err(e) = store::sessions::insert(&self.inner.db, &record).await {
             self.discard(recorder, relative.as_deref()).await;
-            return Err(AuditError::Unavailable(e.to_string()).into());
+            return Err(AuditError::unavailable(e).into());
         }
         let start = AuditEvent::new(EventKind::SessionStart, Outcome::Success)
             .actor(entry.grant.principal.email())
@@ -490,7 +490,7 @@ impl Sessions {
         {
             Ok(dead) if dead.is_empty() => Ok(()),
             Ok(_) => Err(OpenError::BrokerSessionEnded),
-            Err(e) => Err(AuditError::Unavailable(e.to_string()).into()),
+            Err(e) => Err(AuditError::unavailable(e).into()),
         }
     }
 

@@ -49,8 +49,16 @@ pub enum Error {
     Sqlx(#[from] sqlx::Error),
     #[error("applying migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A human message: a bad `database_url`, a timeout, nothing to do.
     #[error("{0}")]
     Invalid(String),
+    /// A blocking task working on the store's rows (reading, hashing) died.
+    #[error("{task} task: {source}")]
+    Task {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
