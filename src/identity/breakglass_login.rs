@@ -69,7 +69,7 @@ impl Identity {
                     })),
             )
             .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+            .map_err(LoginError::unavailable)?;
         self.open_session(identity, &key, client, json!({"breakglass": true}))
             .await
     }
@@ -102,7 +102,7 @@ impl Identity {
                     })),
             )
             .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+            .map_err(LoginError::unavailable)?;
         self.open_web_session(identity, client, return_to).await
     }
 

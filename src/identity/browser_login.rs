@@ -243,8 +243,7 @@ impl Identity {
         };
         let one_time = oidc::random_token(32);
         let code_hash = hex::encode(Sha256::digest(one_time.as_bytes()));
-        let identity_json =
-            serde_json::to_string(&identity).map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let identity_json = serde_json::to_string(&identity).map_err(LoginError::unavailable)?;
         store::identity::insert_login_code(
             &self.inner.db,
             &code_hash,
@@ -334,8 +333,8 @@ impl Identity {
                 )
                 .await);
         };
-        let identity: UserIdentity = serde_json::from_str(&stored.identity_json)
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let identity: UserIdentity =
+            serde_json::from_str(&stored.identity_json).map_err(LoginError::unavailable)?;
         let now = now_us();
         // Spend the code before checking anything else: a wrong verifier
         // burns it, so it cannot be guessed at.

@@ -20,7 +20,7 @@ impl Identity {
             Err(e @ OidcError::Unreachable(_)) => {
                 return Err(self.idp_outage(client, LoginMethod::Device, &e).await);
             }
-            Err(e) => return Err(LoginError::Unavailable(e.to_string())),
+            Err(e) => return Err(LoginError::unavailable(e)),
         };
         let interval = grant.interval.unwrap_or(DEFAULT_DEVICE_INTERVAL).max(1);
         let request_id = oidc::random_token(24);
@@ -149,9 +149,7 @@ impl Identity {
                 let response = self.open_session(identity, &key, client, json!({})).await?;
                 Ok(DeviceOutcome::Done(Box::new(response)))
             }
-            Err(e @ OidcError::Unreachable(_)) => Err(LoginError::Unavailable(format!(
-                "{e}; try again in a moment"
-            ))),
+            Err(e @ OidcError::Unreachable(_)) => Err(LoginError::unavailable(super::IdpOutage(e))),
             Err(e) => {
                 let _ = store::identity::use_login_request(&self.inner.db, request_id, now).await;
                 Err(self

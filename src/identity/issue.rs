@@ -176,7 +176,7 @@ impl Identity {
             .inner
             .tokens
             .sign(&claims)
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+            .map_err(LoginError::unavailable)?;
         Ok((jti, token, expires_at))
     }
 
@@ -236,7 +236,7 @@ impl Identity {
                 now_us(),
             )
             .await;
-            return Err(LoginError::Unavailable(e.to_string()));
+            return Err(LoginError::unavailable(e));
         }
         let _ = store::identity::clear_failures(&self.inner.db, "user", &identity.email).await;
         Metrics::inc(&self.inner.metrics.logins_success);
@@ -296,7 +296,7 @@ impl Identity {
                 now_us(),
             )
             .await;
-            return Err(LoginError::Unavailable(e.to_string()));
+            return Err(LoginError::unavailable(e));
         }
         let _ = store::identity::clear_failures(&self.inner.db, "user", &identity.email).await;
         Metrics::inc(&self.inner.metrics.logins_success);
@@ -322,7 +322,7 @@ impl Identity {
             .audit
             .gate(event)
             .await
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+            .map_err(LoginError::unavailable)?;
         Ok((certificate, expires))
     }
 
@@ -345,7 +345,12 @@ impl Identity {
             &grants,
             valid_before,
         )
-        .map_err(|e| LoginError::Unavailable(format!("signing the certificate: {e}")))?;
+        .map_err(|source| {
+            LoginError::unavailable(CertificateFailed {
+                step: "signing the certificate",
+                source: source.into(),
+            })
+        })?;
         let event = AuditEvent::new(EventKind::SshCertIssued, Outcome::Success)
             .actor(principal.email())
             .source_ip(client.ip)
@@ -361,14 +366,25 @@ impl Identity {
                 "x11_forwarding": grants.x11_forwarding,
             }));
         Metrics::inc(&self.inner.metrics.credentials_issued);
-        let text = issued
-            .certificate
-            .to_openssh()
-            .map_err(|e| LoginError::Unavailable(format!("encoding the certificate: {e}")))?;
+        let text = issued.certificate.to_openssh().map_err(|source| {
+            LoginError::unavailable(CertificateFailed {
+                step: "encoding the certificate",
+                source: source.into(),
+            })
+        })?;
         Ok((
             text,
             format_us(issued.valid_before as i64 * 1_000_000),
             event,
         ))
     }
+}
+
+/// A user certificate that could not be signed or encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+struct CertificateFailed {
+    step: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
 }

@@ -122,7 +122,7 @@ impl Identity {
                 "details": {"error": error.to_string()},
             }));
         self.inner.audit.note(event).await;
-        LoginError::Unavailable(format!("{error}; try again in a moment"))
+        LoginError::unavailable(super::IdpOutage(error.clone()))
     }
 
     /// Audits a refusal for a locked account without counting it again.

@@ -90,8 +90,22 @@ pub enum LoginError {
     Refused(String),
     #[error("too many failed logins; locked until {0}")]
     Locked(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// The message is the cause's own (a store, IdP or signing error, or
+    /// a sentence saying what is not configured).
+    #[error(transparent)]
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An identity provider that is down, unreachable or answering garbage.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; try again in a moment")]
+struct IdpOutage(#[source] OidcError);
+
+impl LoginError {
+    /// The login cannot be done now because of `cause`.
+    pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        LoginError::Unavailable(cause.into())
+    }
 }
 
 /// Why a token was not accepted.
@@ -236,8 +250,8 @@ impl Identity {
 
     pub(super) fn oidc(&self) -> Result<&Oidc, LoginError> {
         self.inner.oidc.as_ref().ok_or_else(|| {
-            LoginError::Unavailable(
-                "SSO is not configured on this broker (oidc.issuer); use `pam login --break-glass USER`".into(),
+            LoginError::unavailable(
+                "SSO is not configured on this broker (oidc.issuer); use `pam login --break-glass USER`",
             )
         })
     }
@@ -355,7 +369,7 @@ pub fn known_hosts_line(addr: &str, key: &PublicKey) -> String {
 
 fn unavailable(e: store::Error) -> LoginError {
     tracing::error!(error = %e, "identity store error");
-    LoginError::Unavailable("the broker's store is unavailable".into())
+    LoginError::unavailable("the broker's store is unavailable")
 }
 
 /// Makes the key pair a CLI login uses (also used by tests).

@@ -40,8 +40,9 @@ pub struct TokenKeys {
 pub enum TokenError {
     #[error("the token has expired")]
     Expired,
-    #[error("the token is not valid: {0}")]
-    Invalid(String),
+    /// Named by its kind only: the token itself never reaches the message.
+    #[error("the token is not valid: {:?}", .0.kind())]
+    Invalid(#[source] jsonwebtoken::errors::Error),
 }
 
 impl TokenKeys {
@@ -61,8 +62,7 @@ impl TokenKeys {
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| TokenError::Invalid(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(TokenError::Invalid)
     }
 
     /// Checks signature (EdDSA only), issuer, audience and lifetime.
@@ -82,7 +82,7 @@ impl TokenKeys {
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                other => TokenError::Invalid(format!("{other:?}")),
+                _ => TokenError::Invalid(e),
             })
     }
 }

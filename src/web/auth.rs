@@ -41,7 +41,7 @@ impl From<LoginError> for Error {
             LoginError::BadRequest(m) => Error::BadRequest(m),
             LoginError::Refused(m) => Error::Unauthorized(m),
             e @ LoginError::Locked(_) => Error::TooManyRequests(e.to_string()),
-            LoginError::Unavailable(m) => Error::Unavailable(m),
+            LoginError::Unavailable(cause) => Error::Unavailable(cause.to_string()),
         }
     }
 }
