@@ -53,11 +53,12 @@ pub enum AccessError {
     NotFound(String),
     #[error("{0}")]
     Denied(Denied),
-    #[error("{message}")]
-    Upstream {
-        message: String,
-        code: Option<String>,
-    },
+    /// STS refused or could not be reached (its error code, if it answered).
+    #[error(transparent)]
+    Sts(#[from] super::sts::StsError),
+    /// The console sign-in endpoint refused.
+    #[error(transparent)]
+    Federation(#[from] super::federation::FederationError),
     #[error("{0}")]
     Unavailable(#[from] crate::domain::audit::AuditError),
 }
@@ -121,10 +122,7 @@ impl AwsAccess {
             )
             .await
             .map(|url| (url, issued))
-            .map_err(|e| AccessError::Upstream {
-                message: e.to_string(),
-                code: None,
-            }),
+            .map_err(AccessError::Federation),
             Err(e) => Err(e),
         };
         let as_issued = result
@@ -212,13 +210,9 @@ impl AwsAccess {
             external_id: aws_target.external_id.clone(),
             session_policy: aws_target.session_policy.clone(),
         };
-        let credentials =
-            sts::assume_role(&self.aws, &assume)
-                .await
-                .map_err(|e| AccessError::Upstream {
-                    message: e.to_string(),
-                    code: e.code,
-                })?;
+        let credentials = sts::assume_role(&self.aws, &assume)
+            .await
+            .map_err(AccessError::Sts)?;
         Metrics::inc(&self.metrics.credentials_issued);
         Ok(Issued {
             credentials,
@@ -264,7 +258,8 @@ impl AwsAccess {
             Err(AccessError::Denied(_)) => Ok(()), // the gate recorded it
             Err(e) => {
                 let (outcome, code) = match e {
-                    AccessError::Upstream { code, .. } => (Outcome::Failure, code.clone()),
+                    AccessError::Sts(e) => (Outcome::Failure, e.code.clone()),
+                    AccessError::Federation(_) => (Outcome::Failure, None),
                     _ => (Outcome::Denied, None),
                 };
                 let mut event = base.details(json!({

@@ -6,13 +6,18 @@ use secrecy::SecretString;
 
 use super::Aws;
 
-/// Why a secret could not be read. Never carries the value.
+/// Why a secret could not be read. Never carries the value: a failed
+/// `GetSecretValue` has no secret in its request or its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("secret {0:?} not found")]
     NotFound(String),
-    #[error("reading secret {id:?} failed: {reason}")]
-    Unavailable { id: String, reason: String },
+    #[error("reading secret {id:?} failed: {}", chain_text(.source.as_ref()))]
+    Unavailable {
+        id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("secret {0:?} has no string value with a password")]
     NoPassword(String),
 }
@@ -49,7 +54,7 @@ impl Aws {
                 } else {
                     Error::Unavailable {
                         id: secret_id.to_owned(),
-                        reason: aws_error_text(&e),
+                        source: Box::new(e),
                     }
                 }
             })?;
@@ -85,8 +90,9 @@ pub fn parse_db_credential(text: &str) -> Option<DbCredential> {
     })
 }
 
-/// The error without request details (no ids or values of the request).
-fn aws_error_text<E: std::error::Error>(e: &E) -> String {
+/// The error and its sources, `: `-separated, without request details (no
+/// ids or values of the request).
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {

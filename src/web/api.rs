@@ -204,7 +204,7 @@ fn aws_error(e: crate::aws::credentials::AccessError) -> Error {
         AccessError::BadRequest(m) => Error::BadRequest(m),
         AccessError::NotFound(m) => Error::NotFound(m),
         AccessError::Denied(denied) => Error::Forbidden(denied.to_string()),
-        AccessError::Upstream { message, .. } => Error::BadGateway(message),
+        e @ (AccessError::Sts(_) | AccessError::Federation(_)) => Error::BadGateway(e.to_string()),
         AccessError::Unavailable(e) => Error::Unavailable(e.to_string()),
     }
 }
