@@ -41,6 +41,9 @@ const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 pub enum Error {
     #[error("the target is misconfigured: {0}")]
     Config(String),
+    /// The target's TLS settings (CA file, host name) cannot be used.
+    #[error("the target is misconfigured: {0:#}")]
+    TlsConfig(#[source] anyhow::Error),
     #[error("the broker cannot get the database credential: {0}")]
     Credential(String),
     #[error("the broker cannot get the database credential: {0}")]
@@ -49,6 +52,18 @@ pub enum Error {
     RdsToken(#[from] crate::aws::rds::Error),
     #[error("cannot reach the database at {address}: {reason}")]
     Unreachable { address: String, reason: String },
+    #[error("cannot reach the database at {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the database at {address}: SSM port route: {source}")]
+    Route {
+        address: String,
+        #[source]
+        source: crate::ecs::Error,
+    },
     #[error("TLS to the database failed: {0}")]
     Tls(String),
     #[error("TLS to the database failed: {0}")]
@@ -57,6 +72,13 @@ pub enum Error {
     Refused { sqlstate: String, message: String },
     #[error("the database broke the protocol: {0}")]
     Protocol(String),
+    /// The server's SCRAM messages (`step`: its first answer or its signature).
+    #[error("the database broke the protocol: {step}: {source}")]
+    Scram {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the database broke the protocol: {0}")]
     Message(#[from] super::protocol::ProtocolError),
     #[error(
@@ -190,9 +212,9 @@ pub async fn open_route(
     ssm_target: &str,
     address: &str,
 ) -> Result<(crate::ecs::Port, crate::ssm::port::Stream), Error> {
-    let unreachable = |reason: String| Error::Unreachable {
+    let unreachable = |source: crate::ecs::Error| Error::Route {
         address: format!("{address} via {ssm_target}"),
-        reason,
+        source,
     };
     let (host, port) = address
         .rsplit_once(':')
@@ -200,12 +222,12 @@ pub async fn open_route(
         .ok_or_else(|| Error::Config(format!("address {address:?} is not HOST:PORT")))?;
     let route = crate::ecs::open_port(aws, ssm_target, host, port)
         .await
-        .map_err(|e| unreachable(format!("SSM port route: {e}")))?;
+        .map_err(unreachable)?;
     match route.connect().await {
         Ok(stream) => Ok((route, stream)),
         Err(e) => {
             let _ = route.close().await;
-            Err(unreachable(format!("SSM port route: {e}")))
+            Err(unreachable(e))
         }
     }
 }
@@ -317,7 +339,7 @@ impl Upstreams {
         if let Some(config) = lock(&self.tls).get(name) {
             return Ok(config.clone());
         }
-        let config = tls::client_config(target).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let config = tls::client_config(target).map_err(Error::TlsConfig)?;
         lock(&self.tls).insert(name.to_owned(), config.clone());
         Ok(config)
     }
@@ -404,8 +426,7 @@ impl Upstreams {
             tokio::time::timeout(timeout, open_route(&self.aws, ssm_target, &address))
                 .await
                 .map_err(|_| late("the SSM port route"))??;
-        let server_name =
-            tls::server_name(&address).map_err(|e| Error::Config(format!("{e:#}")))?;
+        let server_name = tls::server_name(&address).map_err(Error::TlsConfig)?;
         let io = match &tls {
             None => RoutedIo::Plain(io),
             Some(config) => RoutedIo::Tls(Box::new(
@@ -508,12 +529,12 @@ async fn transport_direct(
             address: address.clone(),
             reason: format!("no answer within {}", target.connect_timeout),
         })?
-        .map_err(|e| Error::Unreachable {
+        .map_err(|source| Error::Connect {
             address: address.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     let _ = tcp.set_nodelay(true);
-    let server_name = tls::server_name(&address).map_err(|e| Error::Config(format!("{e:#}")))?;
+    let server_name = tls::server_name(&address).map_err(Error::TlsConfig)?;
     let stream = match &tls {
         None => Stream::Plain(tcp),
         Some(config) => {
@@ -579,9 +600,9 @@ async fn login_on(
     allow_weak: bool,
     gate: WeakAuthGate<'_>,
 ) -> Result<LoggedIn, Error> {
-    let io = |e: std::io::Error| Error::Unreachable {
+    let io = |source: std::io::Error| Error::Connect {
         address: "the database".into(),
-        reason: e.to_string(),
+        source,
     };
     let mut startup: Vec<(&str, &str)> = vec![("user", &login.user), ("database", database)];
     for (key, value) in params {
@@ -642,9 +663,10 @@ async fn login_on(
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| Error::Protocol("SASL continue before SASL start".into()))?;
-                client
-                    .update(data)
-                    .map_err(|e| Error::Protocol(format!("SCRAM: {e}")))?;
+                client.update(data).map_err(|source| Error::Scram {
+                    step: "SCRAM",
+                    source,
+                })?;
                 Some(protocol::sasl_response(client.message()))
             }
             Backend::Authentication(Auth::SaslFinal(data)) => {
@@ -652,9 +674,10 @@ async fn login_on(
                     .as_mut()
                     .ok_or_else(|| Error::Protocol("SASL final before SASL start".into()))?;
                 // Verifies the server's signature: it knows the password too.
-                client
-                    .finish(data)
-                    .map_err(|e| Error::Protocol(format!("SCRAM server signature: {e}")))?;
+                client.finish(data).map_err(|source| Error::Scram {
+                    step: "SCRAM server signature",
+                    source,
+                })?;
                 None
             }
             Backend::Authentication(Auth::Other(code)) => {
