@@ -173,6 +173,12 @@ pub enum Error {
     UrlScheme(String),
     #[error("connecting the data channel to {host}: {reason}")]
     Connect { host: String, reason: String },
+    #[error("connecting the data channel to {host}: {source}")]
+    Socket {
+        host: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
     #[error("the data channel handshake timed out")]
     HandshakeTimeout,
     #[error("data channel handshake: {0}")]

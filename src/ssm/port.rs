@@ -294,7 +294,7 @@ impl AsyncWrite for Stream {
             }
             Mode::Basic => self.input.output_frame(&[&buf[..n]]),
         }
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        .map_err(io::Error::other)?;
         self.writer
             .send_item(Command::Stream(frame))
             .map_err(|_| aborted())?;

@@ -43,10 +43,11 @@ pub(super) async fn open_socket(
         host: host.clone(),
         reason,
     };
-    let request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| fail(e.to_string()))?;
+    let socket_error = |source: tokio_tungstenite::tungstenite::Error| Error::Socket {
+        host: host.clone(),
+        source: Box::new(source),
+    };
+    let request = url.as_str().into_client_request().map_err(socket_error)?;
     let connector = match url.scheme() {
         "wss" => Connector::Rustls(tls_config()?),
         _ => Connector::Plain,
@@ -64,7 +65,7 @@ pub(super) async fn open_socket(
     let (mut socket, _response) = tokio::time::timeout(options.connect_timeout, connecting)
         .await
         .map_err(|_| fail("timed out".to_owned()))?
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(socket_error)?;
     let open = OpenDataChannelInput {
         message_schema_version: "1.0",
         request_id: uuid::Uuid::new_v4().hyphenated().to_string(),
@@ -76,7 +77,7 @@ pub(super) async fn open_socket(
     tokio::time::timeout(options.connect_timeout, socket.send(Message::text(text)))
         .await
         .map_err(|_| fail("timed out sending the token".to_owned()))?
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(socket_error)?;
     Ok(socket)
 }
 
