@@ -19,10 +19,11 @@ mod limits;
 mod live;
 #[cfg(test)]
 mod tests;
+mod upkeep;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -321,27 +322,7 @@ impl Sessions {
         // recording exists before `session.start` names it.
         let (alive, recorder) = tokio::join!(
             self.broker_session_alive(&entry.grant.principal.session_id),
-            async {
-                match (&relative, &header) {
-                    (Some(relative), Some(header)) => {
-                        let ending = entry.clone();
-                        let options = recording::Options {
-                            max_bytes: Some(self.inner.max_recording),
-                            // Fail closed: a recording that stops ends its session.
-                            on_fault: Box::new(move |fault| {
-                                ending.end(match fault {
-                                    recording::Fault::Write(e) => EndReason::RecordingFailed(e),
-                                    recording::Fault::Limit(max) => EndReason::RecordingLimit(max),
-                                });
-                            }),
-                        };
-                        Recorder::create(&self.inner.recordings, relative, header, options)
-                            .await
-                            .map(Some)
-                    }
-                    _ => Ok(None),
-                }
-            }
+            self.create_recorder(&entry, relative.as_deref(), header.as_ref()),
         );
         let recorder = match recorder {
             Ok(recorder) => recorder,
@@ -360,49 +341,12 @@ impl Sessions {
             self.discard(recorder, relative.as_deref()).await;
             return Err(e);
         }
-        let record = SessionRecord {
-            id: id.clone(),
-            kind: new.kind,
-            user_email: entry.grant.principal.email().to_owned(),
-            broker_session: Some(entry.grant.principal.session_id.clone()),
-            target: entry.target().to_owned(),
-            login: new.login.clone(),
-            node: self.inner.node.clone(),
-            source_ip: entry.source_ip().map(|ip| ip.to_canonical().to_string()),
-            client: new.client.clone(),
-            started_at: started_us,
-            ended_at: None,
-            status: "live".into(),
-            end_reason: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            recording: entry.recording.clone(),
-            recording_sha256: None,
-            exit_status: None,
-            details: crate::audit::chain::canonical_json(&new.details),
-            terminate_requested_at: None,
-            terminate_by: None,
-            terminate_reason: None,
-        };
+        let record = self.record_of(&entry, &new);
         if let Err(e) = store::sessions::insert(&self.inner.db, &record).await {
             self.discard(recorder, relative.as_deref()).await;
             return Err(AuditError::unavailable(e).into());
         }
-        let start = AuditEvent::new(EventKind::SessionStart, Outcome::Success)
-            .actor(entry.grant.principal.email())
-            .source_ip(entry.source_ip())
-            .target(entry.target())
-            .session(&id)
-            .details(json!({
-                "kind": new.kind.as_str(),
-                "broker_session": entry.grant.principal.session_id,
-                "login": new.login,
-                "client": new.client,
-                "reason": entry.grant.context.reason,
-                "recording": entry.recording,
-                "node": self.inner.node,
-                "details": new.details,
-            }));
+        let start = self.start_event(&entry, new);
         // Queued behind the decision, so usually one commit covers both.
         let start = self.inner.audit.enqueue(start).await;
         let decided = decision.confirm().await;
@@ -431,6 +375,80 @@ impl Sessions {
         }
         lock(&self.inner.live).insert(id, live.entry().clone());
         Ok(live)
+    }
+
+    /// The session's recording, created before `session.start` names it
+    /// (`None` when nothing is recorded).
+    async fn create_recorder(
+        &self,
+        entry: &Arc<Entry>,
+        relative: Option<&std::path::Path>,
+        header: Option<&recording::Header>,
+    ) -> std::io::Result<Option<(Recorder, recording::Writer)>> {
+        let (Some(relative), Some(header)) = (relative, header) else {
+            return Ok(None);
+        };
+        let ending = entry.clone();
+        let options = recording::Options {
+            max_bytes: Some(self.inner.max_recording),
+            // Fail closed: a recording that stops ends its session.
+            on_fault: Box::new(move |fault| {
+                ending.end(match fault {
+                    recording::Fault::Write(e) => EndReason::RecordingFailed(e),
+                    recording::Fault::Limit(max) => EndReason::RecordingLimit(max),
+                });
+            }),
+        };
+        Recorder::create(&self.inner.recordings, relative, header, options)
+            .await
+            .map(Some)
+    }
+
+    /// The `sessions` row of a session being opened.
+    fn record_of(&self, entry: &Entry, new: &NewSession) -> SessionRecord {
+        SessionRecord {
+            id: entry.id.clone(),
+            kind: new.kind,
+            user_email: entry.grant.principal.email().to_owned(),
+            broker_session: Some(entry.grant.principal.session_id.clone()),
+            target: entry.target().to_owned(),
+            login: new.login.clone(),
+            node: self.inner.node.clone(),
+            source_ip: entry.source_ip().map(|ip| ip.to_canonical().to_string()),
+            client: new.client.clone(),
+            started_at: entry.started_us,
+            ended_at: None,
+            status: "live".into(),
+            end_reason: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            recording: entry.recording.clone(),
+            recording_sha256: None,
+            exit_status: None,
+            details: crate::audit::chain::canonical_json(&new.details),
+            terminate_requested_at: None,
+            terminate_by: None,
+            terminate_reason: None,
+        }
+    }
+
+    /// `session.start` of a session being opened.
+    fn start_event(&self, entry: &Entry, new: NewSession) -> AuditEvent {
+        AuditEvent::new(EventKind::SessionStart, Outcome::Success)
+            .actor(entry.grant.principal.email())
+            .source_ip(entry.source_ip())
+            .target(entry.target())
+            .session(&entry.id)
+            .details(json!({
+                "kind": new.kind.as_str(),
+                "broker_session": entry.grant.principal.session_id,
+                "login": new.login,
+                "client": new.client,
+                "reason": entry.grant.context.reason,
+                "recording": entry.recording,
+                "node": self.inner.node,
+                "details": new.details,
+            }))
     }
 
     /// The recording header for `recording`, if anything is recorded.
@@ -562,225 +580,6 @@ impl Sessions {
     /// Number of live sessions in this broker.
     pub fn live_count(&self) -> usize {
         lock(&self.inner.live).len()
-    }
-
-    /// Background work: limits every second; termination requests and
-    /// revocations from other brokers every second; re-checks on policy
-    /// changes; session ends the store could not take, again. On shutdown it
-    /// ends every session and waits (within the broker's grace period) until
-    /// their ends are recorded.
-    pub async fn run(
-        self,
-        mut revocations: tokio::sync::broadcast::Receiver<String>,
-        shutdown: CancellationToken,
-    ) {
-        let closed =
-            store::sessions::close_orphans(&self.inner.db, &self.inner.node, now_us()).await;
-        if let Ok(n) = closed
-            && n > 0
-        {
-            tracing::warn!(
-                sessions = n,
-                "marked sessions of a previous run of this broker as ended"
-            );
-        }
-        let mut policy = self.inner.gate.engine().generation();
-        let mut ticker = tokio::time::interval(Duration::from_secs(1));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                revoked = revocations.recv() => {
-                    if let Ok(jti) = revoked {
-                        self.end_broker_session(&jti);
-                    }
-                }
-                changed = policy.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    self.recheck_all().await;
-                }
-                _ = ticker.tick() => {
-                    tick += 1;
-                    self.enforce_limits();
-                    self.poll_fleet().await;
-                    self.retry_unrecorded().await;
-                    if tick.is_multiple_of(5) {
-                        self.save_counters().await;
-                    }
-                }
-            }
-        }
-        self.drain().await;
-        self.inner.drained.cancel();
-    }
-
-    /// Shutdown: no new session opens; live ones are told and get
-    /// `server.shutdown_grace` to finish, then end as `shutdown`; their
-    /// ends are recorded (retried until the broker's last moment).
-    async fn drain(&self) {
-        self.inner.draining.cancel();
-        let grace = self.inner.grace;
-        let warning = format!(
-            "pam: the broker is shutting down; this session ends in {} (server.shutdown_grace)",
-            crate::config::HumanDuration(grace)
-        );
-        for entry in self.entries() {
-            let _ = entry.notices.try_send(Notice::Warning(warning.clone()));
-        }
-        let deadline = tokio::time::Instant::now() + grace;
-        let mut settle = tokio::time::interval(Duration::from_millis(100));
-        while self.live_count() > 0 && tokio::time::Instant::now() < deadline {
-            settle.tick().await;
-            self.enforce_limits();
-            self.retry_unrecorded().await;
-        }
-        loop {
-            for entry in self.entries() {
-                entry.end(EndReason::Shutdown);
-            }
-            self.retry_unrecorded().await;
-            if self.live_count() == 0 && lock(&self.inner.unrecorded).is_empty() {
-                return;
-            }
-            settle.tick().await;
-        }
-    }
-
-    fn enforce_limits(&self) {
-        let now = tokio::time::Instant::now();
-        for entry in self.entries() {
-            entry.enforce(&self.inner.limits, now);
-        }
-    }
-
-    /// Termination requests and revocations that arrived at other brokers.
-    async fn poll_fleet(&self) {
-        let entries = self.entries();
-        if entries.is_empty() {
-            return;
-        }
-        match store::sessions::termination_requests(&self.inner.db, &self.inner.node).await {
-            Ok(requests) => {
-                for (id, by, reason) in requests {
-                    self.end_local(&id, EndReason::Terminated { by, reason });
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "polling termination requests failed"),
-        }
-        let mut jtis: Vec<String> = entries
-            .iter()
-            .map(|e| e.grant.principal.session_id.clone())
-            .collect();
-        jtis.sort();
-        jtis.dedup();
-        match store::sessions::dead_broker_sessions(&self.inner.db, &jtis, now_us()).await {
-            Ok(dead) => {
-                for jti in dead {
-                    self.end_broker_session(&jti);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "polling revocations failed"),
-        }
-    }
-
-    async fn save_counters(&self) {
-        for entry in self.entries() {
-            let _ = store::sessions::update_bytes(
-                &self.inner.db,
-                &entry.id,
-                entry.bytes_in.load(Ordering::Relaxed) as i64,
-                entry.bytes_out.load(Ordering::Relaxed) as i64,
-            )
-            .await;
-        }
-    }
-
-    /// Policy changed: every live session's grant is decided again.
-    async fn recheck_all(&self) {
-        for entry in self.entries() {
-            if entry.cancel.is_cancelled() {
-                continue;
-            }
-            let grant = &entry.grant;
-            let decision = self
-                .inner
-                .gate
-                .recheck(
-                    &grant.principal.identity,
-                    Some(&grant.principal.session_id),
-                    grant.action,
-                    &grant.resource,
-                    &grant.context,
-                )
-                .await;
-            if let Err(denied) = decision {
-                entry.end(EndReason::PolicyDenied(denied.to_string()));
-            }
-        }
-    }
-
-    /// Writes a session's end (row and `session.end`); what the store cannot
-    /// take now is kept and written once it can.
-    async fn record_end(&self, mut end: PendingEnd) {
-        if self.try_record_end(&mut end).await {
-            return;
-        }
-        tracing::warn!(
-            session = %end.id,
-            "the session end could not be recorded yet; it is retried until the store takes it"
-        );
-        lock(&self.inner.unrecorded).push(end);
-    }
-
-    /// True once both parts are written (or can never be).
-    async fn try_record_end(&self, end: &mut PendingEnd) -> bool {
-        if let Some(row) = &end.row {
-            match store::sessions::finish(&self.inner.db, &end.id, row).await {
-                Ok(()) => end.row = None,
-                Err(e) => {
-                    tracing::debug!(error = %e, session = %end.id, "recording the session end in the store failed");
-                }
-            }
-        }
-        if let Some(event) = &end.event {
-            match self.inner.audit.record(event.clone()).await {
-                Ok(_) => end.event = None,
-                Err(AuditError::ShuttingDown) => {
-                    tracing::error!(session = %end.id, "session.end lost: the audit writer has stopped");
-                    end.event = None;
-                }
-                Err(AuditError::Unavailable(e)) => {
-                    tracing::debug!(error = %e, session = %end.id, "session.end not recorded yet");
-                }
-            }
-        }
-        end.row.is_none() && end.event.is_none()
-    }
-
-    /// Session ends held back while the store was unavailable, oldest first;
-    /// stops at the first that still fails.
-    async fn retry_unrecorded(&self) {
-        let mut held = std::mem::take(&mut *lock(&self.inner.unrecorded));
-        if held.is_empty() {
-            return;
-        }
-        let mut done = 0;
-        for end in held.iter_mut() {
-            if !self.try_record_end(end).await {
-                break;
-            }
-            done += 1;
-        }
-        if done > 0 {
-            tracing::info!(sessions = done, "held session ends recorded");
-        }
-        held.drain(..done);
-        let mut unrecorded = lock(&self.inner.unrecorded);
-        held.append(&mut unrecorded);
-        *unrecorded = held;
     }
 }
 
