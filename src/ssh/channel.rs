@@ -12,15 +12,13 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use super::Shared;
-use super::command_log::CommandLog;
 use super::handler::Authed;
 use super::sftp;
 use super::upstream::{self, Upstream};
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::session::SessionKind;
-use crate::sessions::{EndReason, Finish, Live, NewSession, Notice, Recording};
-use crate::sync::lock;
+use crate::sessions::{EndReason, Finish, Live, NewSession, Recording};
 
 /// The upstream connection shared by the channels of one SSH connection.
 pub(crate) type UpstreamCell = Arc<OnceCell<Result<Arc<Upstream>, upstream::Error>>>;
@@ -62,15 +60,201 @@ pub(crate) async fn run(
 ) {
     let id = channel.id();
     let (mut down_rx, down_tx) = channel.split();
+    let Some(Requested {
+        kind,
+        env,
+        reason,
+        pty,
+        pty_pending,
+    }) = requests(&shared, &authed, &mut down_rx, &handle, id).await
+    else {
+        return;
+    };
+
+    // A refusal is told on stderr with exit status 255, after accepting the
+    // request: a client that sees a failed request may exit before it has
+    // printed what came with it.
+    if let crate::config::TargetKind::Ecs(_) = &authed.target.kind {
+        let request = super::ecs_channel::Request {
+            kind,
+            pty,
+            pty_pending,
+            reason,
+        };
+        super::ecs_channel::run(shared, authed, request, down_rx, down_tx, handle, id).await;
+        return;
+    }
+    let fail = |message: String| refuse(&down_tx, &handle, id, pty_pending, message);
+
+    let (mut live, upstream) =
+        match start(&shared, &authed, &upstream, &kind, pty.as_ref(), reason).await {
+            Ok(started) => started,
+            Err((message, live)) => {
+                fail(message.clone()).await;
+                if let Some(live) = live {
+                    live.abort(EndReason::Error(message)).await;
+                }
+                return;
+            }
+        };
+
+    // 3. The target's channel: the first thing that reaches the target.
+    let opened = open_target_channel(&upstream, &env, pty.as_ref(), &kind).await;
+    let (up_rx, up_tx, pty_ok) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            fail(e.clone()).await;
+            live.abort(EndReason::Error(e)).await;
+            return;
+        }
+    };
+    if pty_pending {
+        let _ = if pty_ok {
+            handle.channel_success(id).await
+        } else {
+            handle.channel_failure(id).await
+        };
+    }
+    let _ = handle.channel_success(id).await;
+
+    // 4. What the channel does, in the audit trail and the recording.
+    audit_start(&shared, &authed, &live, &kind).await;
+    if let (Some(recorder), Kind::Exec(command)) = (live.recorder(), &kind) {
+        let _ = recorder.input(Bytes::from(format!("{command}\n"))).await;
+    }
+
+    // 5. Relay.
+    let exit_status = super::relay::relay(
+        &shared,
+        &authed,
+        &mut live,
+        &kind,
+        down_rx,
+        Arc::new(down_tx),
+        up_rx,
+        Arc::new(up_tx),
+        handle.clone(),
+        id,
+    )
+    .await;
+    live.finish(Finish {
+        exit_status: exit_status.map(i64::from),
+        details: json!({"channel": kind.name(), "target_host_key": upstream.host_key}),
+    })
+    .await;
+}
+
+/// Policy, then the target (one connection per client connection, shared
+/// by its channels) and the session's records at once. Refused: what to
+/// tell the client, and the live session to abort if it was opened.
+async fn start(
+    shared: &Shared,
+    authed: &Authed,
+    upstream: &UpstreamCell,
+    kind: &Kind,
+    pty: Option<&Pty>,
+    reason: Option<String>,
+) -> Result<(Live, Arc<Upstream>), (String, Option<Live>)> {
+    // 1. Policy decides before the broker touches the target. Its record is
+    // queued; connecting to the target overlaps with writing it and the
+    // session's records, and nothing reaches the target before all are
+    // durable (`Sessions::open`).
+    let principal = &authed.principal;
+    let context = RequestContext {
+        source_ip: Some(authed.peer.ip()),
+        reason,
+        login: Some(authed.login.clone()),
+        ..RequestContext::default()
+    };
+    let permit = match shared
+        .deps
+        .gate
+        .permit(
+            principal,
+            Action::Ssh,
+            Resource::Target(authed.target.to_ref()),
+            context,
+        )
+        .await
+    {
+        Ok(permit) => permit,
+        Err(denied) => {
+            return Err((
+                format!("access to {} denied: {denied}", authed.target.name),
+                None,
+            ));
+        }
+    };
+
+    // 2. The target (one connection per client connection, shared by its
+    // channels: transport and authentication) and the session, at once.
+    let command = match &kind {
+        Kind::Exec(command) => Some(command.clone()),
+        Kind::Subsystem(name) => Some(name.clone()),
+        Kind::Shell => None,
+    };
+    let new = NewSession {
+        kind: SessionKind::Ssh,
+        login: Some(authed.login.clone()),
+        client: authed.client.clone(),
+        details: json!({
+            "channel": kind.name(),
+            "command": command,
+            "term": pty.map(|p| p.term.clone()),
+            "pty": pty.map(|p| format!("{}x{}", p.cols, p.rows)),
+            "login": authed.login,
+        }),
+    };
+    let recording = match &kind {
+        // SFTP is audited operation by operation, its data not recorded.
+        Kind::Subsystem(_) => Recording::Off,
+        _ => terminal(authed, pty),
+    };
+    let (connected, opened) = tokio::join!(
+        upstream.get_or_init(|| async {
+            super::handler::connect_upstream(shared, authed)
+                .await
+                .map(Arc::new)
+        }),
+        shared.deps.sessions.open(permit, new, recording),
+    );
+    let live = match opened {
+        Ok(live) => live,
+        Err(e) => return Err((e.to_string(), None)),
+    };
+    match connected {
+        Ok(upstream) => Ok((live, upstream.clone())),
+        Err(e) => Err((e.to_string(), Some(live))),
+    }
+}
+
+/// What the client asked for before its shell, command or subsystem.
+struct Requested {
+    kind: Kind,
+    /// Variables of `env_allow` (PAM_REASON is the reason instead).
+    env: Vec<(String, String)>,
+    reason: Option<String>,
+    pty: Option<Pty>,
+    /// A PTY request that wants its reply once the target answered it.
+    pty_pending: bool,
+}
+
+/// Reads the channel's requests up to the one that says what it runs
+/// (`None`: the client went away first).
+async fn requests(
+    shared: &Shared,
+    authed: &Authed,
+    down_rx: &mut russh::ChannelReadHalf,
+    handle: &server::Handle,
+    id: russh::ChannelId,
+) -> Option<Requested> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut reason: Option<String> = authed.reason.clone();
     let mut pty: Option<Pty> = None;
     // Requests that want a reply, answered once the target answered them.
     let mut pty_pending = false;
     let kind = loop {
-        let Some(message) = down_rx.wait().await else {
-            return;
-        };
+        let message = down_rx.wait().await?;
         match message {
             ChannelMsg::SetEnv {
                 variable_name,
@@ -123,150 +307,20 @@ pub(crate) async fn run(
                 let _ = handle.channel_failure(id).await;
             }
             ChannelMsg::RequestX11 { .. } => {
-                refuse_forward(&shared, &authed, "x11").await;
+                refuse_forward(shared, authed, "x11").await;
                 let _ = handle.channel_failure(id).await;
             }
-            ChannelMsg::Eof | ChannelMsg::Close => return,
+            ChannelMsg::Eof | ChannelMsg::Close => return None,
             _ => {}
         }
     };
-
-    // A refusal is told on stderr with exit status 255, after accepting the
-    // request: a client that sees a failed request may exit before it has
-    // printed what came with it.
-    if let crate::config::TargetKind::Ecs(_) = &authed.target.kind {
-        let request = super::ecs_channel::Request {
-            kind,
-            pty,
-            pty_pending,
-            reason,
-        };
-        super::ecs_channel::run(shared, authed, request, down_rx, down_tx, handle, id).await;
-        return;
-    }
-    let fail = |message: String| refuse(&down_tx, &handle, id, pty_pending, message);
-
-    // 1. Policy decides before the broker touches the target. Its record is
-    // queued; connecting to the target overlaps with writing it and the
-    // session's records, and nothing reaches the target before all are
-    // durable (`Sessions::open`).
-    let principal = &authed.principal;
-    let context = RequestContext {
-        source_ip: Some(authed.peer.ip()),
+    Some(Requested {
+        kind,
+        env,
         reason,
-        login: Some(authed.login.clone()),
-        ..RequestContext::default()
-    };
-    let permit = match shared
-        .deps
-        .gate
-        .permit(
-            principal,
-            Action::Ssh,
-            Resource::Target(authed.target.to_ref()),
-            context,
-        )
-        .await
-    {
-        Ok(permit) => permit,
-        Err(denied) => {
-            fail(format!("access to {} denied: {denied}", authed.target.name)).await;
-            return;
-        }
-    };
-
-    // 2. The target (one connection per client connection, shared by its
-    // channels: transport and authentication) and the session, at once.
-    let command = match &kind {
-        Kind::Exec(command) => Some(command.clone()),
-        Kind::Subsystem(name) => Some(name.clone()),
-        Kind::Shell => None,
-    };
-    let new = NewSession {
-        kind: SessionKind::Ssh,
-        login: Some(authed.login.clone()),
-        client: authed.client.clone(),
-        details: json!({
-            "channel": kind.name(),
-            "command": command,
-            "term": pty.as_ref().map(|p| p.term.clone()),
-            "pty": pty.as_ref().map(|p| format!("{}x{}", p.cols, p.rows)),
-            "login": authed.login,
-        }),
-    };
-    let recording = match &kind {
-        // SFTP is audited operation by operation, its data not recorded.
-        Kind::Subsystem(_) => Recording::Off,
-        _ => terminal(&authed, pty.as_ref()),
-    };
-    let (connected, opened) = tokio::join!(
-        upstream.get_or_init(|| async {
-            super::handler::connect_upstream(&shared, &authed)
-                .await
-                .map(Arc::new)
-        }),
-        shared.deps.sessions.open(permit, new, recording),
-    );
-    let mut live = match opened {
-        Ok(live) => live,
-        Err(e) => {
-            fail(e.to_string()).await;
-            return;
-        }
-    };
-    let upstream = match connected {
-        Ok(upstream) => upstream.clone(),
-        Err(e) => {
-            fail(e.to_string()).await;
-            live.abort(EndReason::Error(e.to_string())).await;
-            return;
-        }
-    };
-
-    // 3. The target's channel: the first thing that reaches the target.
-    let opened = open_target_channel(&upstream, &env, pty.as_ref(), &kind).await;
-    let (up_rx, up_tx, pty_ok) = match opened {
-        Ok(opened) => opened,
-        Err(e) => {
-            fail(e.clone()).await;
-            live.abort(EndReason::Error(e)).await;
-            return;
-        }
-    };
-    if pty_pending {
-        let _ = if pty_ok {
-            handle.channel_success(id).await
-        } else {
-            handle.channel_failure(id).await
-        };
-    }
-    let _ = handle.channel_success(id).await;
-
-    // 4. What the channel does, in the audit trail and the recording.
-    audit_start(&shared, &authed, &live, &kind).await;
-    if let (Some(recorder), Kind::Exec(command)) = (live.recorder(), &kind) {
-        let _ = recorder.input(Bytes::from(format!("{command}\n"))).await;
-    }
-
-    // 5. Relay.
-    let exit_status = relay(
-        &shared,
-        &authed,
-        &mut live,
-        &kind,
-        down_rx,
-        Arc::new(down_tx),
-        up_rx,
-        Arc::new(up_tx),
-        handle.clone(),
-        id,
-    )
-    .await;
-    live.finish(Finish {
-        exit_status: exit_status.map(i64::from),
-        details: json!({"channel": kind.name(), "target_host_key": upstream.host_key}),
+        pty,
+        pty_pending,
     })
-    .await;
 }
 
 /// The terminal recording of a channel, sized like the client's PTY.
@@ -301,8 +355,8 @@ pub(crate) async fn refuse(
     let _ = down_tx.close().await;
 }
 
-type UpRead = russh::ChannelReadHalf;
-type UpWrite = ChannelWriteHalf<russh::client::Msg>;
+pub(super) type UpRead = russh::ChannelReadHalf;
+pub(super) type UpWrite = ChannelWriteHalf<russh::client::Msg>;
 
 /// Opens the target channel and asks for the same things the client did.
 /// Returns whether the target granted the PTY.
@@ -439,350 +493,4 @@ pub(crate) async fn refuse_forward(shared: &Shared, authed: &Authed, forward: &s
             "policy allows this forwarding, but the broker does not relay it"
         );
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn relay(
-    shared: &Arc<Shared>,
-    authed: &Arc<Authed>,
-    live: &mut Live,
-    kind: &Kind,
-    mut down_rx: russh::ChannelReadHalf,
-    down_tx: Arc<ChannelWriteHalf<Msg>>,
-    mut up_rx: UpRead,
-    up_tx: Arc<UpWrite>,
-    handle: server::Handle,
-    id: russh::ChannelId,
-) -> Option<u32> {
-    let record_keys = shared.deps.record_input && matches!(kind, Kind::Shell);
-    // SFTP, as a subsystem or by running sftp-server as a command: every
-    // file operation is audited, what cannot be parsed is refused.
-    let sftp = match kind {
-        Kind::Subsystem(_) => true,
-        Kind::Exec(command) => sftp::runs_sftp_server(command),
-        Kind::Shell => false,
-    }
-    .then(|| Arc::new(std::sync::Mutex::new(sftp::Auditor::default())));
-    let cancel = live.cancel_token();
-    let recorder = live.recorder().cloned();
-    let commands = matches!(kind, Kind::Shell)
-        .then(|| CommandLog::start(shared, authed, live.id(), recorder.clone()));
-
-    // Client → target.
-    let inbound = {
-        let up_tx = up_tx.clone();
-        let recorder = recorder.clone();
-        let cancel = cancel.clone();
-        let shared = shared.clone();
-        let authed = authed.clone();
-        let live_id = live.id().to_owned();
-        let touch = live.counters();
-        let sftp = sftp.clone();
-        let commands = commands.clone();
-        async move {
-            loop {
-                let message = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    m = down_rx.wait() => m,
-                };
-                match message {
-                    Some(ChannelMsg::Data { data }) => {
-                        touch.input(data.len());
-                        if let Some(commands) = &commands {
-                            commands.input(&data);
-                        }
-                        if let Some(auditor) = &sftp {
-                            // Recorded before the bytes that complete them go on.
-                            match sftp_client(auditor, &data) {
-                                Ok(ops) => {
-                                    for op in ops {
-                                        let details = sftp_details(&op);
-                                        audit_op(
-                                            &shared,
-                                            &authed,
-                                            &live_id,
-                                            Outcome::Success,
-                                            details,
-                                        )
-                                        .await;
-                                    }
-                                }
-                                Err(sftp::Refused(reason)) => {
-                                    let details = json!({"protocol": "sftp", "operation": "refused", "reason": reason});
-                                    audit_op(&shared, &authed, &live_id, Outcome::Denied, details)
-                                        .await;
-                                    return Some(format!("refused: {reason}"));
-                                }
-                            }
-                        }
-                        // Unrecorded input goes nowhere (fail closed).
-                        if record_keys
-                            && let Some(r) = &recorder
-                            && r.input(data.clone()).await.is_err()
-                        {
-                            break;
-                        }
-                        if up_tx.data_bytes(data).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(ChannelMsg::WindowChange {
-                        col_width,
-                        row_height,
-                        pix_width,
-                        pix_height,
-                    }) => {
-                        let _ = up_tx
-                            .window_change(col_width, row_height, pix_width, pix_height)
-                            .await;
-                        if let Some(r) = &recorder {
-                            let _ = r
-                                .resize(
-                                    col_width.min(u32::from(u16::MAX)) as u16,
-                                    row_height.min(u32::from(u16::MAX)) as u16,
-                                )
-                                .await;
-                        }
-                    }
-                    Some(ChannelMsg::Signal { signal }) => {
-                        let _ = up_tx.signal(signal).await;
-                    }
-                    Some(ChannelMsg::Eof) => {
-                        let _ = up_tx.eof().await;
-                    }
-                    Some(ChannelMsg::Close) | None => break,
-                    Some(_) => {}
-                }
-            }
-            None
-        }
-    };
-
-    // Target → client.
-    let outbound = {
-        let down_tx = down_tx.clone();
-        let recorder = recorder.clone();
-        let handle = handle.clone();
-        let cancel = cancel.clone();
-        let touch = live.counters();
-        let sftp = sftp.clone();
-        let shared = shared.clone();
-        let authed = authed.clone();
-        let live_id = live.id().to_owned();
-        let commands = commands.clone();
-        async move {
-            let mut exit_status = None;
-            loop {
-                let message = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    m = up_rx.wait() => m,
-                };
-                match message {
-                    Some(ChannelMsg::Data { data }) => {
-                        touch.output(data.len());
-                        if let Some(auditor) = &sftp {
-                            let ops = lock(auditor).server(&data);
-                            for op in ops {
-                                let details = sftp_details(&op);
-                                audit_op(&shared, &authed, &live_id, Outcome::Success, details)
-                                    .await;
-                            }
-                        }
-                        // Unrecorded output goes nowhere (fail closed).
-                        if let Some(r) = &recorder
-                            && r.output(data.clone()).await.is_err()
-                        {
-                            break;
-                        }
-                        if let Some(commands) = &commands {
-                            commands.output(&data).await;
-                        }
-                        if down_tx.data_bytes(data).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(ChannelMsg::ExtendedData { data, ext }) => {
-                        touch.output(data.len());
-                        if let Some(r) = &recorder
-                            && r.output(data.clone()).await.is_err()
-                        {
-                            break;
-                        }
-                        if down_tx.extended_data_bytes(ext, data).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(ChannelMsg::ExitStatus {
-                        exit_status: status,
-                    }) => {
-                        exit_status = Some(status);
-                        let _ = down_tx.exit_status(status).await;
-                    }
-                    Some(ChannelMsg::ExitSignal {
-                        signal_name,
-                        core_dumped,
-                        error_message,
-                        lang_tag,
-                    }) => {
-                        let _ = handle
-                            .exit_signal_request(
-                                id,
-                                signal_name,
-                                core_dumped,
-                                error_message,
-                                lang_tag,
-                            )
-                            .await;
-                    }
-                    Some(ChannelMsg::Eof) => {
-                        let _ = down_tx.eof().await;
-                    }
-                    Some(ChannelMsg::Close) | None => break,
-                    Some(_) => {}
-                }
-            }
-            exit_status
-        }
-    };
-
-    let mut inbound = tokio::spawn(inbound);
-    let outbound = tokio::spawn(outbound);
-    tokio::pin!(outbound);
-    let mut inbound_done = false;
-    let exit_status;
-    loop {
-        tokio::select! {
-            result = &mut outbound => {
-                exit_status = result.ok().flatten();
-                // The target is done: the client's side ends too.
-                if live.end_reason().is_none() {
-                    live.end(EndReason::UpstreamClosed);
-                }
-                break;
-            }
-            notice = live.notice() => {
-                let Notice::Warning(text) = notice;
-                let _ = down_tx.extended_data_bytes(1, Bytes::from(format!("\r\n{text}\r\n"))).await;
-                if let Some(r) = &recorder {
-                    let _ = r.marker(text).await;
-                }
-            }
-            result = &mut inbound, if !inbound_done => {
-                inbound_done = true;
-                match result {
-                    // A refused SFTP packet ends the session.
-                    Ok(Some(refusal)) => live.end(EndReason::Error(refusal)),
-                    // The client closed: the target side ends too.
-                    _ if live.end_reason().is_none() => live.end(EndReason::Closed),
-                    _ => {}
-                }
-            }
-        }
-    }
-    let reason = live.end_reason();
-    let broker_ended = reason.as_ref().is_some_and(|r| !r.is_normal());
-    if broker_ended && let Some(reason) = &reason {
-        let message = reason.message();
-        let _ = down_tx
-            .extended_data_bytes(1, Bytes::from(format!("\r\npam: {message}\r\n")))
-            .await;
-        if let Some(r) = &recorder {
-            let _ = r.marker(message).await;
-        }
-        let _ = down_tx.exit_status(exit_status.unwrap_or(255)).await;
-    }
-    inbound.abort();
-    // Files still open when the channel ended, with what they moved.
-    if let Some(auditor) = &sftp {
-        let ops = lock(auditor).finish();
-        for op in ops {
-            audit_op(
-                shared,
-                authed,
-                live.id(),
-                Outcome::Success,
-                sftp_details(&op),
-            )
-            .await;
-        }
-    }
-    let _ = up_tx.close().await;
-    let _ = down_tx.eof().await;
-    let _ = down_tx.close().await;
-    drop(recorder);
-    exit_status
-}
-
-/// Client bytes through the SFTP auditor; a server speaking another
-/// version than 3 cannot be followed, so its requests are refused too.
-fn sftp_client(
-    auditor: &std::sync::Mutex<sftp::Auditor>,
-    data: &[u8],
-) -> Result<Vec<sftp::Operation>, sftp::Refused> {
-    let mut auditor = lock(auditor);
-    if let Some(version) = auditor.unsupported_version() {
-        return Err(sftp::Refused(format!(
-            "the server speaks SFTP version {version}; the broker audits version 3 only"
-        )));
-    }
-    auditor.client(data)
-}
-
-fn sftp_details(op: &sftp::Operation) -> serde_json::Value {
-    use sftp::Operation as Op;
-    let (operation, mut details) = match op {
-        Op::Open { path, direction } => ("open", json!({"direction": direction, "path": path})),
-        Op::Close {
-            path,
-            direction,
-            bytes_read,
-            bytes_written,
-            closed,
-        } => (
-            "close",
-            json!({
-                "path": path,
-                "direction": direction,
-                "bytes_read": bytes_read,
-                "bytes_written": bytes_written,
-                "closed": closed,
-            }),
-        ),
-        Op::Remove { path } => ("remove", json!({"path": path})),
-        Op::Rename { from, to } => ("rename", json!({"path": from, "to": to})),
-        Op::Mkdir { path } => ("mkdir", json!({"path": path})),
-        Op::Rmdir { path } => ("rmdir", json!({"path": path})),
-        Op::Setstat { path, changes } => ("setstat", json!({"path": path, "changes": changes})),
-        Op::Symlink { target, link } => ("symlink", json!({"path": link, "to": target})),
-        Op::Hardlink { target, link } => ("hardlink", json!({"path": link, "to": target})),
-        Op::List { path } => ("list", json!({"path": path})),
-        Op::Copy { from, to, length } => {
-            ("copy", json!({"path": from, "to": to, "length": length}))
-        }
-        Op::Extended { name } => ("extended", json!({"name": name})),
-    };
-    details["protocol"] = json!("sftp");
-    details["operation"] = json!(operation);
-    details
-}
-
-async fn audit_op(
-    shared: &Shared,
-    authed: &Authed,
-    session_id: &str,
-    outcome: Outcome,
-    details: serde_json::Value,
-) {
-    shared
-        .deps
-        .audit
-        .note(
-            AuditEvent::new(EventKind::SshFileTransfer, outcome)
-                .actor(authed.principal.email())
-                .source_ip(Some(authed.peer.ip()))
-                .target(&authed.target.name)
-                .session(session_id)
-                .details(details),
-        )
-        .await;
 }

@@ -10,15 +10,17 @@ use bytes::Bytes;
 use russh::server::{self, Msg};
 use russh::{ChannelMsg, ChannelWriteHalf};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::channel::{Kind, Pty, refuse, terminal};
 use super::handler::Authed;
+use crate::audit::recording::Recorder;
 use crate::config::TargetKind;
 use crate::domain::audit::{AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::session::SessionKind;
-use crate::sessions::{EndReason, Finish, NewSession, Notice};
+use crate::sessions::{Counters, EndReason, Finish, Live, NewSession, Notice};
 use crate::ssm::Event;
 
 /// What the client asked for on the channel.
@@ -33,7 +35,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     authed: Arc<Authed>,
     request: Request,
-    mut down_rx: russh::ChannelReadHalf,
+    down_rx: russh::ChannelReadHalf,
     down_tx: ChannelWriteHalf<Msg>,
     handle: server::Handle,
     id: russh::ChannelId,
@@ -60,74 +62,27 @@ pub(crate) async fn run(
         }
     };
 
-    // Policy first. Choosing the task (reads of the ECS control plane)
-    // overlaps with writing the decision and the session's records; the
-    // command runs (ExecuteCommand) only once they are durable.
-    let principal = &authed.principal;
-    let context = RequestContext {
-        source_ip: Some(authed.peer.ip()),
+    let (mut live, mut shell) = match start(
+        &shared,
+        &authed,
+        target,
+        &kind,
+        command.as_deref(),
+        pty.as_ref(),
         reason,
-        ..RequestContext::default()
-    };
-    let permit = match shared
-        .deps
-        .gate
-        .permit(
-            principal,
-            Action::EcsExec,
-            Resource::Target(authed.target.to_ref()),
-            context,
-        )
-        .await
+    )
+    .await
     {
-        Ok(permit) => permit,
-        Err(denied) => {
-            fail(format!("access to {} denied: {denied}", authed.target.name)).await;
+        Ok(started) => started,
+        Err((message, live)) => {
+            fail(message.clone()).await;
+            if let Some(live) = live {
+                live.abort(EndReason::Error(message)).await;
+            }
             return;
         }
     };
-    let size = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
-    let new = NewSession {
-        kind: SessionKind::Ecs,
-        login: None,
-        client: authed.client.clone(),
-        details: json!({
-            "channel": kind.name(),
-            "command": command,
-            "cluster": target.cluster,
-            "service": target.service,
-            "container": target.container,
-            "pty": pty.as_ref().map(|p| format!("{}x{}", p.cols, p.rows)),
-        }),
-    };
-    let (selected, opened) = tokio::join!(
-        crate::ecs::select(target, &shared.deps.aws),
-        shared
-            .deps
-            .sessions
-            .open(permit, new, terminal(&authed, pty.as_ref())),
-    );
-    let mut live = match opened {
-        Ok(live) => live,
-        Err(e) => {
-            fail(e.to_string()).await;
-            return;
-        }
-    };
-    let executed = match selected {
-        Ok(selected) => {
-            crate::ecs::execute(selected, target, &shared.deps.aws, command.as_deref(), size).await
-        }
-        Err(e) => Err(e),
-    };
-    let mut shell = match executed {
-        Ok(shell) => shell,
-        Err(e) => {
-            fail(e.to_string()).await;
-            live.abort(EndReason::Error(e.to_string())).await;
-            return;
-        }
-    };
+    let principal = &authed.principal;
     let meta = serde_json::to_value(shell.meta()).unwrap_or_default();
     let recorder = live.recorder().cloned();
     if pty_pending {
@@ -162,65 +117,103 @@ pub(crate) async fn run(
     // Relay: client → container on a task, container → client here.
     let record_keys = shared.deps.record_input && matches!(kind, Kind::Shell);
     let input = shell.input().clone();
-    let cancel = live.cancel_token();
     let counters = live.counters();
-    let inbound = {
-        let input = input.clone();
-        let recorder = recorder.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    m = down_rx.wait() => m,
-                };
-                match message {
-                    Some(ChannelMsg::Data { data }) => {
-                        counters.input(data.len());
-                        // Unrecorded input goes nowhere (fail closed).
-                        if record_keys
-                            && let Some(r) = &recorder
-                            && r.input(data.clone()).await.is_err()
-                        {
-                            break;
-                        }
-                        if input.send_input(&data).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(ChannelMsg::WindowChange {
-                        col_width,
-                        row_height,
-                        ..
-                    }) => {
-                        let _ = input.resize(col_width, row_height).await;
-                        if let Some(r) = &recorder {
-                            let _ = r
-                                .resize(
-                                    col_width.min(u32::from(u16::MAX)) as u16,
-                                    row_height.min(u32::from(u16::MAX)) as u16,
-                                )
-                                .await;
-                        }
-                    }
-                    // Signals travel as the bytes a terminal would send.
-                    Some(ChannelMsg::Signal { signal }) => {
-                        let byte: &[u8] = match signal {
-                            russh::Sig::INT => b"\x03",
-                            russh::Sig::QUIT => b"\x1c",
-                            _ => b"",
-                        };
-                        if !byte.is_empty() {
-                            let _ = input.send_input(byte).await;
-                        }
-                    }
-                    Some(ChannelMsg::Close) | None => break,
-                    Some(_) => {}
+    let inbound = tokio::spawn(client_to_container(
+        down_rx,
+        input.clone(),
+        recorder.clone(),
+        live.cancel_token(),
+        counters,
+        record_keys,
+    ));
+    let (exit_status, broker_ended) =
+        container_to_client(&mut shell, &mut live, &down_tx, recorder.as_ref(), inbound).await;
+    let _ = shell.close().await;
+    let status = exit_status.unwrap_or(if broker_ended { 255 } else { 0 });
+    let _ = down_tx.exit_status(status).await;
+    let _ = down_tx.eof().await;
+    let _ = down_tx.close().await;
+    drop(recorder);
+    live.finish(Finish {
+        exit_status: exit_status.map(i64::from),
+        details: json!({"channel": kind.name(), "ecs": meta}),
+    })
+    .await;
+}
+
+/// Client → container: keystrokes (recorded when `record_keys`), window
+/// sizes and signals, until the client closes or the session is cancelled.
+async fn client_to_container(
+    mut down_rx: russh::ChannelReadHalf,
+    input: crate::ssm::Input,
+    recorder: Option<Recorder>,
+    cancel: CancellationToken,
+    counters: Counters,
+    record_keys: bool,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = down_rx.wait() => m,
+        };
+        match message {
+            Some(ChannelMsg::Data { data }) => {
+                counters.input(data.len());
+                // Unrecorded input goes nowhere (fail closed).
+                if record_keys
+                    && let Some(r) = &recorder
+                    && r.input(data.clone()).await.is_err()
+                {
+                    break;
+                }
+                if input.send_input(&data).await.is_err() {
+                    break;
                 }
             }
-        })
-    };
+            Some(ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            }) => {
+                let _ = input.resize(col_width, row_height).await;
+                if let Some(r) = &recorder {
+                    let _ = r
+                        .resize(
+                            col_width.min(u32::from(u16::MAX)) as u16,
+                            row_height.min(u32::from(u16::MAX)) as u16,
+                        )
+                        .await;
+                }
+            }
+            // Signals travel as the bytes a terminal would send.
+            Some(ChannelMsg::Signal { signal }) => {
+                let byte: &[u8] = match signal {
+                    russh::Sig::INT => b"\x03",
+                    russh::Sig::QUIT => b"\x1c",
+                    _ => b"",
+                };
+                if !byte.is_empty() {
+                    let _ = input.send_input(byte).await;
+                }
+            }
+            Some(ChannelMsg::Close) | None => break,
+            Some(_) => {}
+        }
+    }
+}
+
+/// Container → client, the broker's notices, and the end: returns the
+/// command's exit status (if it sent one) and whether the broker ended the
+/// session (the client was told why).
+async fn container_to_client(
+    shell: &mut crate::ecs::Shell,
+    live: &mut Live,
+    down_tx: &ChannelWriteHalf<Msg>,
+    recorder: Option<&Recorder>,
+    inbound: tokio::task::JoinHandle<()>,
+) -> (Option<u32>, bool) {
     let out_counters = live.counters();
+    let cancel = live.cancel_token();
     let mut exit_status: Option<u32> = None;
     let mut inbound = inbound;
     loop {
@@ -229,7 +222,7 @@ pub(crate) async fn run(
                 Some(Event::Output(data)) => {
                     out_counters.output(data.len());
                     // Unrecorded output goes nowhere (fail closed).
-                    if let Some(r) = &recorder
+                    if let Some(r) = recorder
                         && r.output(data.clone()).await.is_err()
                     {
                         break;
@@ -241,7 +234,7 @@ pub(crate) async fn run(
                 }
                 Some(Event::StdErr(data)) => {
                     out_counters.output(data.len());
-                    if let Some(r) = &recorder
+                    if let Some(r) = recorder
                         && r.output(data.clone()).await.is_err()
                     {
                         break;
@@ -274,7 +267,7 @@ pub(crate) async fn run(
             notice = live.notice() => {
                 let Notice::Warning(text) = notice;
                 let _ = down_tx.extended_data_bytes(1, Bytes::from(format!("\r\n{text}\r\n"))).await;
-                if let Some(r) = &recorder {
+                if let Some(r) = recorder {
                     let _ = r.marker(text).await;
                 }
             }
@@ -293,20 +286,87 @@ pub(crate) async fn run(
         let _ = down_tx
             .extended_data_bytes(1, Bytes::from(format!("\r\npam: {message}\r\n")))
             .await;
-        if let Some(r) = &recorder {
+        if let Some(r) = recorder {
             let _ = r.marker(message).await;
         }
     }
     inbound.abort();
-    let _ = shell.close().await;
-    let status = exit_status.unwrap_or(if broker_ended { 255 } else { 0 });
-    let _ = down_tx.exit_status(status).await;
-    let _ = down_tx.eof().await;
-    let _ = down_tx.close().await;
-    drop(recorder);
-    live.finish(Finish {
-        exit_status: exit_status.map(i64::from),
-        details: json!({"channel": kind.name(), "ecs": meta}),
-    })
-    .await;
+    (exit_status, broker_ended)
+}
+
+/// Policy, then the session's records while the task is chosen, then
+/// ExecuteCommand. Refused: what to tell the client, and the live session
+/// to abort if it was opened.
+async fn start(
+    shared: &Shared,
+    authed: &Authed,
+    target: &crate::config::EcsTarget,
+    kind: &Kind,
+    command: Option<&str>,
+    pty: Option<&Pty>,
+    reason: Option<String>,
+) -> Result<(Live, crate::ecs::Shell), (String, Option<Live>)> {
+    // Policy first. Choosing the task (reads of the ECS control plane)
+    // overlaps with writing the decision and the session's records; the
+    // command runs (ExecuteCommand) only once they are durable.
+    let principal = &authed.principal;
+    let context = RequestContext {
+        source_ip: Some(authed.peer.ip()),
+        reason,
+        ..RequestContext::default()
+    };
+    let permit = match shared
+        .deps
+        .gate
+        .permit(
+            principal,
+            Action::EcsExec,
+            Resource::Target(authed.target.to_ref()),
+            context,
+        )
+        .await
+    {
+        Ok(permit) => permit,
+        Err(denied) => {
+            return Err((
+                format!("access to {} denied: {denied}", authed.target.name),
+                None,
+            ));
+        }
+    };
+    let size = pty.map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+    let new = NewSession {
+        kind: SessionKind::Ecs,
+        login: None,
+        client: authed.client.clone(),
+        details: json!({
+            "channel": kind.name(),
+            "command": command,
+            "cluster": target.cluster,
+            "service": target.service,
+            "container": target.container,
+            "pty": pty.map(|p| format!("{}x{}", p.cols, p.rows)),
+        }),
+    };
+    let (selected, opened) = tokio::join!(
+        crate::ecs::select(target, &shared.deps.aws),
+        shared
+            .deps
+            .sessions
+            .open(permit, new, terminal(authed, pty)),
+    );
+    let live = match opened {
+        Ok(live) => live,
+        Err(e) => return Err((e.to_string(), None)),
+    };
+    let executed = match selected {
+        Ok(selected) => {
+            crate::ecs::execute(selected, target, &shared.deps.aws, command, size).await
+        }
+        Err(e) => Err(e),
+    };
+    match executed {
+        Ok(shell) => Ok((live, shell)),
+        Err(e) => Err((e.to_string(), Some(live))),
+    }
 }

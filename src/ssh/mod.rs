@@ -22,6 +22,7 @@ mod ecs_channel;
 mod forward;
 mod handler;
 mod preamble;
+mod relay;
 mod sftp;
 pub mod upstream;
 pub mod username;
