@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
 
     let mut read = Vec::new();
     for line in text.split_inclusive('\n') {
-        let line = line.strip_suffix('\n').expect("every line ends with a newline");
+        let line = line
+            .strip_suffix('\n')
+            .expect("every line ends with a newline");
         let (t, kind, Bytes(raw)): (f64, String, Bytes) =
             serde_json::from_str(line).expect("an asciicast v2 event line");
         assert!(t >= 0.0);
