@@ -7,6 +7,8 @@
 //!     bench/discovery.sh                  # moto, 5,000 roles, prints the numbers
 //!     PAM_BENCH_ROLES=5000 AWS_ENDPOINT_URL=http://127.0.0.1:PORT cargo bench --bench discovery
 //!
+//! `PAM_BENCH_TAG` names the discovery tag (default `pam:bench-PID`).
+//!
 //! Numbers are printed; nothing is asserted.
 
 use std::sync::Arc;
@@ -32,7 +34,10 @@ async fn run() -> anyhow::Result<()> {
         anyhow::bail!("set AWS_ENDPOINT_URL to a moto server (bench/discovery.sh does)");
     }
     let aws = pam::aws::Aws::load(&pam::config::AwsConfig::default(), &env).await;
-    let tag = format!("pam:bench-{}", std::process::id());
+    // bench/discovery.sh names the tag, and then measures sessions of a
+    // broker discovering these roles.
+    let tag = std::env::var("PAM_BENCH_TAG")
+        .unwrap_or_else(|_| format!("pam:bench-{}", std::process::id()));
     let iam = aws.iam();
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(32));

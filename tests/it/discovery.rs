@@ -14,11 +14,11 @@ use crate::support::{Options, TestApp, eventually};
 
 const TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":["sts:AssumeRole","sts:SetSourceIdentity","sts:TagSession"]}]}"#;
 
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
 }
 
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+pub(crate) fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("AWS_ENDPOINT_URL", moto_url()),
         ("AWS_ACCESS_KEY_ID", "testing".into()),
@@ -34,7 +34,7 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     env
 }
 
-fn tags_json(tags: &[(&str, &str)]) -> String {
+pub(crate) fn tags_json(tags: &[(&str, &str)]) -> String {
     serde_json::to_string(
         &tags
             .iter()
@@ -58,7 +58,7 @@ fn create_role(name: &str, tags: &[(&str, &str)]) {
 }
 
 /// The names of the targets `token`'s user may use, by kind.
-async fn listed(app: &TestApp, token: &str) -> Vec<(String, String)> {
+pub(crate) async fn listed(app: &TestApp, token: &str) -> Vec<(String, String)> {
     let response = app
         .client
         .get(app.url("/api/v1/targets"))
@@ -77,7 +77,7 @@ async fn listed(app: &TestApp, token: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn readyz(app: &TestApp) -> String {
+pub(crate) async fn readyz(app: &TestApp) -> String {
     app.client
         .get(app.url("/readyz"))
         .send()

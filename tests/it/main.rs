@@ -7,6 +7,7 @@ mod audit_hardening;
 mod audit_trail;
 mod aws;
 mod command_log;
+mod discovered_sessions;
 mod discovery;
 mod ecs_exec;
 mod ecs_ssh;

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::support::aws::{SimulateFixture, aws_cli, moto_url};
+use crate::support::aws::{FailingProxy, SimulateFixture, aws_cli, moto_url};
 use crate::support::fake_aws::FakeAws;
 use crate::support::{Options, TestApp, cli_login};
 
@@ -474,4 +474,50 @@ async fn ls_explain_summarises_what_a_role_may_do() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no AWS role"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_and_throttling_answers_are_failed_checks_that_say_what_to_do() {
+    let id = unique();
+    role(&format!("denied-{id}"), FULL_TRUST);
+    let iam = FailingProxy::start(&moto_url()).await;
+    let env: HashMap<String, String> = [
+        ("AWS_ENDPOINT_URL", moto_url()),
+        ("AWS_ENDPOINT_URL_IAM", iam.url.clone()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let app = TestApp::spawn_with(Options {
+        idp: true,
+        toml: format!(
+            "[[target]]\nname = \"guarded\"\nkind = \"aws\"\nrole_arn = \"arn:aws:iam::123456789012:role/denied-{id}\"\nmax_duration = \"1h\"\nexternal_id = \"ext-1\"\ntags = {{ env = \"dev\" }}\n"
+        ),
+        env,
+        ..Options::default()
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    cli_login(&app, home.path(), "alice").await;
+    let (ok, _, text) = check(&app, home.path(), &["guarded"]);
+    assert!(ok, "passes while IAM answers: {text}");
+    for (status, code, fix) in [
+        (403, "AccessDenied", "give the broker's role iam:GetRole"),
+        (400, "Throttling", "AWS throttled the call"),
+    ] {
+        iam.fail(status, code);
+        let (ok, reports, text) = check(&app, home.path(), &["guarded"]);
+        assert!(!ok, "{code}: exit status 1\n{text}");
+        let role = line(&reports["guarded"], "role");
+        assert_eq!(role.len(), 1, "{text}");
+        assert_eq!(role[0]["ok"], false);
+        assert!(role[0]["detail"].as_str().unwrap().contains(code), "{text}");
+        assert!(role[0]["fix"].as_str().unwrap().contains(fix), "{text}");
+    }
+    iam.heal();
+    let (ok, _, text) = check(&app, home.path(), &["guarded"]);
+    assert!(ok, "passes again: {text}");
 }
