@@ -437,8 +437,13 @@ fn grants_from_policy(engine: Arc<Engine>, targets: crate::discovery::Targets) -
     })
 }
 
+/// Failed checks logged one by one at start; past this, one line with the
+/// count (a fleet of 5,000 discovered targets must not flood the log).
+const START_CHECK_WARNINGS: usize = 20;
+
 /// `pam targets check` once at start (after discovery's first refresh, when
-/// discovery is on): a summary in the log and a warning per failed check.
+/// discovery is on): a summary in the log and a warning per failed check,
+/// the first [`START_CHECK_WARNINGS`] of them.
 async fn check_at_start(
     discovery: crate::discovery::Discovery,
     aws: Aws,
@@ -447,7 +452,9 @@ async fn check_at_start(
 ) {
     let run = async {
         if discovering {
-            discovery.refresh_all().await;
+            // Discovery's own loop reads every source at once; wait for that
+            // first round rather than reading every source a second time.
+            discovery.first_round().await;
         }
         let targets = discovery.targets().snapshot();
         if targets.is_empty() {
@@ -455,8 +462,17 @@ async fn check_at_start(
         }
         let reports = crate::discovery::check::check_all(&aws, &targets, false).await;
         let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
-        for report in &failed {
-            for line in report.lines.iter().filter(|l| !l.ok) {
+        let failed_lines = failed.iter().flat_map(|report| {
+            report
+                .lines
+                .iter()
+                .filter(|l| !l.ok)
+                .map(move |l| (report, l))
+        });
+        let mut logged = 0usize;
+        for (report, line) in failed_lines {
+            logged += 1;
+            if logged <= START_CHECK_WARNINGS {
                 tracing::warn!(
                     target_name = %report.target,
                     check = line.check,
@@ -465,6 +481,12 @@ async fn check_at_start(
                     "targets check failed"
                 );
             }
+        }
+        if logged > START_CHECK_WARNINGS {
+            tracing::warn!(
+                more = logged - START_CHECK_WARNINGS,
+                "more targets checks failed than are logged at start: run pam targets check for all of them"
+            );
         }
         tracing::info!(
             targets = reports.len(),

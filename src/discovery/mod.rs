@@ -88,6 +88,8 @@ struct Inner {
     state: tokio::sync::Mutex<State>,
     status: Mutex<Vec<SourceStatus>>,
     refresh: tokio::sync::watch::Sender<u64>,
+    /// How many sources have finished their first refresh in [`Discovery::run`].
+    first_round: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Default)]
@@ -124,6 +126,7 @@ impl Discovery {
             })
             .collect();
         let (refresh, _) = tokio::sync::watch::channel(0);
+        let (first_round, _) = tokio::sync::watch::channel(0);
         Discovery {
             inner: Arc::new(Inner {
                 sources,
@@ -135,6 +138,7 @@ impl Discovery {
                 state: tokio::sync::Mutex::new(State::default()),
                 status: Mutex::new(status),
                 refresh,
+                first_round,
             }),
         }
     }
@@ -161,6 +165,16 @@ impl Discovery {
         }
     }
 
+    /// Waits until every source has finished the first refresh of
+    /// [`Discovery::run`] (successful or not), so a caller that needs the
+    /// first set does not read every source a second time.
+    pub async fn first_round(&self) {
+        let sources = self.inner.sources.len();
+        let mut done = self.inner.first_round.subscribe();
+        // The sender lives in `inner`, which `self` holds: never closed here.
+        let _ = done.wait_for(|n| *n >= sources).await;
+    }
+
     /// Runs the sources until `shutdown`: each refreshes at once, then every
     /// interval and on [`Discovery::refresh_now`].
     pub async fn run(self, shutdown: CancellationToken) {
@@ -171,8 +185,12 @@ impl Discovery {
             let mut refresh = self.inner.refresh.subscribe();
             tasks.spawn(async move {
                 let interval = this.inner.sources[index].interval.0;
+                let mut first = true;
                 loop {
                     this.refresh(index).await;
+                    if std::mem::take(&mut first) {
+                        this.inner.first_round.send_modify(|n| *n += 1);
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(interval) => {}
