@@ -9,6 +9,7 @@
 
 pub mod asciicast;
 pub mod chain;
+pub mod late;
 pub mod recording;
 pub mod verify;
 
@@ -42,10 +43,15 @@ pub struct Writer {
     checkpoint_interval: Duration,
     batch_max: usize,
     metrics: Arc<Metrics>,
+    /// [`Audit::note`] events the store could not take yet.
+    late: late::Late,
 }
 
 enum Message {
     Record(AuditEvent, oneshot::Sender<Result<i64, AuditError>>),
+    /// An event that already happened, for the writer to keep and append
+    /// once the store is back ([`late`]).
+    Late(AuditEvent),
     Close(oneshot::Sender<()>),
 }
 
@@ -74,6 +80,7 @@ pub fn start(
         checkpoint_interval: config.checkpoint_interval.0,
         batch_max: config.batch_max,
         metrics,
+        late: late::Late::default(),
     };
     (audit, writer)
 }
@@ -166,11 +173,27 @@ impl Audit {
     }
 
     /// Records an event describing something that already happened (a
-    /// session's end): nothing to refuse, so a failure is logged.
-    pub async fn note(&self, event: AuditEvent) {
+    /// session's end, a failed login): nothing to refuse. When the store is
+    /// unavailable the writer keeps the event (with its original time) and
+    /// appends it once the store is back ([`late`]). Never for an event
+    /// that an action about to happen depends on: that is [`Audit::gate`].
+    pub async fn note(&self, mut event: AuditEvent) {
+        event.make_safe();
         let kind = event.kind;
-        if let Err(e) = self.record(event).await {
-            tracing::error!(error = %e, %kind, "audit record lost");
+        match self.record(event.clone()).await {
+            Ok(_) => {}
+            Err(AuditError::Unavailable(e)) => {
+                tracing::warn!(error = %e, %kind, "audit record not written yet: kept and retried until the store takes it");
+                if self.tx.send(Message::Late(event)).await.is_err() {
+                    tracing::error!(%kind, "audit record lost: the audit writer has stopped");
+                }
+            }
+            Err(e @ AuditError::Refused(_)) => {
+                tracing::error!(error = %e, %kind, "audit record refused by the store (on record as audit.write_failed)");
+            }
+            Err(e @ AuditError::ShuttingDown) => {
+                tracing::error!(error = %e, %kind, "audit record lost");
+            }
         }
     }
 
@@ -319,14 +342,26 @@ impl Writer {
         let mut failing = false;
         let mut batch: Vec<(AuditEvent, oneshot::Sender<Result<i64, AuditError>>)> =
             Vec::with_capacity(self.batch_max);
+        let mut backoff = late::BACKOFF_MIN;
+        let mut retry_at = tokio::time::Instant::now();
         loop {
             let mut close = None;
             tokio::select! {
                 message = self.rx.recv() => match message {
                     Some(Message::Record(event, done)) => batch.push((event, done)),
+                    Some(Message::Late(event)) => self.keep(event, &mut retry_at),
                     Some(Message::Close(done)) => close = Some(done),
                     None => break,
                 },
+                _ = tokio::time::sleep_until(retry_at), if self.late.pending() => {
+                    if self.retry_late(&mut failing).await {
+                        backoff = late::BACKOFF_MIN;
+                    } else {
+                        backoff = (backoff * 2).min(late::BACKOFF_MAX);
+                        retry_at = tokio::time::Instant::now() + backoff;
+                    }
+                    continue;
+                }
                 _ = ticker.tick() => {
                     if last_checkpoint.elapsed() >= self.checkpoint_interval {
                         self.checkpoint_head().await;
@@ -343,6 +378,7 @@ impl Writer {
                 while close.is_none() && batch.len() < self.batch_max {
                     match self.rx.try_recv() {
                         Ok(Message::Record(event, done)) => batch.push((event, done)),
+                        Ok(Message::Late(event)) => self.keep(event, &mut retry_at),
                         Ok(Message::Close(done)) => close = Some(done),
                         Err(_) => break,
                     }
@@ -354,6 +390,10 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.flush(&mut batch, &mut failing).await;
+                if !failing && self.late.pending() {
+                    // The store is back: what was kept goes next.
+                    retry_at = tokio::time::Instant::now();
+                }
             }
             if let Some(done) = close {
                 self.rx.close();
@@ -365,6 +405,7 @@ impl Writer {
                                 self.flush(&mut batch, &mut failing).await;
                             }
                         }
+                        Message::Late(event) => self.late.push(event),
                         Message::Close(other) => {
                             let _ = other.send(());
                         }
@@ -373,6 +414,7 @@ impl Writer {
                 if !batch.is_empty() {
                     self.flush(&mut batch, &mut failing).await;
                 }
+                self.flush_late_on_close(&mut failing).await;
                 self.checkpoint_head().await;
                 let _ = done.send(());
                 return;
@@ -441,6 +483,83 @@ impl Writer {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
+        }
+    }
+
+    /// Keeps an event the store could not take; the first retry comes soon.
+    fn keep(&mut self, event: AuditEvent, retry_at: &mut tokio::time::Instant) {
+        if !self.late.pending() {
+            *retry_at = tokio::time::Instant::now() + late::BACKOFF_MIN;
+        }
+        self.late.push(event);
+    }
+
+    /// Appends the kept events, oldest first (each with its original time,
+    /// its place in the chain taken now), then the count of those dropped.
+    /// False while the store is still unavailable.
+    async fn retry_late(&mut self, failing: &mut bool) -> bool {
+        while !self.late.is_empty() {
+            let events = self.late.front(self.batch_max);
+            let n = events.len();
+            match self.append(&events).await {
+                Ok(head) => {
+                    self.writable(failing);
+                    let first = head.seq - n as i64 + 1;
+                    for (i, event) in events.into_iter().enumerate() {
+                        acknowledge(event, first + i as i64, oneshot::channel().0);
+                    }
+                    Metrics::inc(&self.metrics.audit_batches);
+                    self.late.written(n);
+                }
+                // One of them is refused: the oldest alone, then the rest.
+                Err(e) if e.is_refusal() => {
+                    let Some(event) = events.first().map(|e| (*e).clone()) else {
+                        return true;
+                    };
+                    match self.append(&[&event]).await {
+                        Ok(head) => acknowledge(&event, head.seq, oneshot::channel().0),
+                        Err(e) if e.is_refusal() => {
+                            self.refused(event, e, oneshot::channel().0).await
+                        }
+                        Err(_) => return false,
+                    }
+                    self.late.written(1);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, kept = n, "kept audit events not written yet");
+                    return false;
+                }
+            }
+        }
+        if let Some(event) = self.late.lost_event() {
+            match self.append(&[&event]).await {
+                Ok(head) => {
+                    tracing::error!(details = %event.details, "audit events were lost while the store was unavailable; the loss is on record");
+                    acknowledge(&event, head.seq, oneshot::channel().0);
+                }
+                Err(e) if !e.is_refusal() => return false,
+                Err(e) => {
+                    tracing::error!(error = %e, details = %event.details, "the record of lost audit events was refused")
+                }
+            }
+            self.late.lost_recorded();
+        }
+        true
+    }
+
+    /// At shutdown: one short try to write what was kept; what cannot be
+    /// written is logged (kinds and counts).
+    async fn flush_late_on_close(&mut self, failing: &mut bool) {
+        if !self.late.pending() {
+            return;
+        }
+        let written = tokio::time::timeout(late::CLOSE_FLUSH, self.retry_late(failing)).await;
+        if !matches!(written, Ok(true)) {
+            tracing::error!(
+                events = self.late.len(),
+                kinds = ?self.late.summary(),
+                "audit records lost at shutdown: the store could not take them"
+            );
         }
     }
 
@@ -514,7 +633,9 @@ impl Writer {
                 tracing::error!(error = %e, id = %event.id, "audit.write_failed could not be recorded either")
             }
         }
-        let _ = reply.send(Err(AuditError::unavailable(RefusedEvent(error))));
+        let _ = reply.send(Err(AuditError::Refused(std::sync::Arc::new(RefusedEvent(
+            error,
+        )))));
     }
 
     async fn checkpoint_head(&self) {

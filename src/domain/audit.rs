@@ -378,6 +378,10 @@ pub enum AuditError {
     Unavailable(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
     #[error("the audit trail is shutting down")]
     ShuttingDown,
+    /// The store refused this one event while it takes others (the refusal
+    /// itself is on record as `audit.write_failed`): retrying cannot help.
+    #[error("the audit trail cannot be written: {0}")]
+    Refused(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl AuditError {

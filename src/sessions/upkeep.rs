@@ -202,6 +202,10 @@ impl Sessions {
                     tracing::error!(session = %end.id, "session.end lost: the audit writer has stopped");
                     end.event = None;
                 }
+                Err(AuditError::Refused(e)) => {
+                    tracing::error!(error = %e, session = %end.id, "session.end refused by the store (on record as audit.write_failed)");
+                    end.event = None;
+                }
                 Err(AuditError::Unavailable(e)) => {
                     tracing::debug!(error = %e, session = %end.id, "session.end not recorded yet");
                 }

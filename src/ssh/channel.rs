@@ -15,7 +15,7 @@ use super::Shared;
 use super::handler::Authed;
 use super::sftp;
 use super::upstream::{self, Upstream};
-use crate::domain::audit::{AuditEvent, EventKind, Outcome};
+use crate::domain::audit::{AuditError, AuditEvent, EventKind, Outcome};
 use crate::domain::policy::{Action, RequestContext, Resource};
 use crate::domain::session::SessionKind;
 use crate::sessions::{EndReason, Finish, Live, NewSession, Recording};
@@ -99,7 +99,13 @@ pub(crate) async fn run(
         };
 
     // 3. The target's channel: the first thing that reaches the target.
-    let opened = open_target_channel(&upstream, &env, pty.as_ref(), &kind).await;
+    // What it runs is on record (durable) before the request is sent.
+    let durable = async {
+        audit_start(&shared, &authed, &live, &kind)
+            .await
+            .map_err(|e| format!("refused: {e}"))
+    };
+    let opened = open_target_channel(&upstream, &env, pty.as_ref(), &kind, durable).await;
     let (up_rx, up_tx, pty_ok) = match opened {
         Ok(opened) => opened,
         Err(e) => {
@@ -117,8 +123,7 @@ pub(crate) async fn run(
     }
     let _ = handle.channel_success(id).await;
 
-    // 4. What the channel does, in the audit trail and the recording.
-    audit_start(&shared, &authed, &live, &kind).await;
+    // 4. What the channel does, in the recording.
     if let (Some(recorder), Kind::Exec(command)) = (live.recorder(), &kind) {
         let _ = recorder.input(Bytes::from(format!("{command}\n"))).await;
     }
@@ -358,19 +363,19 @@ pub(crate) async fn refuse(
 pub(super) type UpRead = russh::ChannelReadHalf;
 pub(super) type UpWrite = ChannelWriteHalf<russh::client::Msg>;
 
-/// Opens the target channel and asks for the same things the client did.
-/// Returns whether the target granted the PTY.
+/// Opens the target channel and asks for the same things the client did,
+/// the shell, command or subsystem only once `durable` (its audit record)
+/// has succeeded. Returns whether the target granted the PTY.
 async fn open_target_channel(
     upstream: &Upstream,
     env: &[(String, String)],
     pty: Option<&Pty>,
     kind: &Kind,
+    durable: impl Future<Output = Result<(), String>>,
 ) -> Result<(UpRead, UpWrite, bool), String> {
-    let channel = upstream
-        .handle
-        .channel_open_session()
-        .await
-        .map_err(|e| format!("the target refused a session channel: {e}"))?;
+    let (channel, durable) = tokio::join!(upstream.handle.channel_open_session(), durable);
+    durable?;
+    let channel = channel.map_err(|e| format!("the target refused a session channel: {e}"))?;
     let (mut rx, tx) = channel.split();
     for (name, value) in env {
         let _ = tx.set_env(false, name.as_str(), value.as_str()).await;
@@ -407,65 +412,44 @@ async fn wait_reply(rx: &mut UpRead) -> Result<bool, String> {
     }
 }
 
-async fn audit_start(shared: &Shared, authed: &Authed, live: &Live, kind: &Kind) {
-    let email = authed.principal.email().to_owned();
-    match kind {
+/// Records what the channel is about to run on the target (`ssh.exec`, a
+/// file transfer's start) and waits until it is durable: with a fail-closed
+/// trail nothing runs on the target that is not on record ([`crate::audit::Audit::gate_all`]).
+async fn audit_start(
+    shared: &Shared,
+    authed: &Authed,
+    live: &Live,
+    kind: &Kind,
+) -> Result<(), AuditError> {
+    let event = |kind: EventKind, details: serde_json::Value| {
+        AuditEvent::new(kind, Outcome::Success)
+            .actor(authed.principal.email())
+            .source_ip(Some(authed.peer.ip()))
+            .target(&authed.target.name)
+            .session(live.id())
+            .details(details)
+    };
+    let events = match kind {
         Kind::Exec(command) => {
-            shared
-                .deps
-                .audit
-                .note(
-                    AuditEvent::new(EventKind::SshExec, Outcome::Success)
-                        .actor(&email)
-                        .source_ip(Some(authed.peer.ip()))
-                        .target(&authed.target.name)
-                        .session(live.id())
-                        .details(json!({"command": command, "login": authed.login})),
-                )
-                .await;
+            let mut events = vec![event(
+                EventKind::SshExec,
+                json!({"command": command, "login": authed.login}),
+            )];
             if let Some((direction, path)) = sftp::scp_command(command) {
-                file_transfer(
-                    shared,
-                    authed,
-                    live,
+                events.push(event(
+                    EventKind::SshFileTransfer,
                     json!({"protocol": "scp", "direction": direction, "path": path}),
-                )
-                .await;
+                ));
             }
+            events
         }
-        Kind::Subsystem(name) => {
-            shared
-                .deps
-                .audit
-                .note(
-                    AuditEvent::new(EventKind::SshFileTransfer, Outcome::Success)
-                        .actor(&email)
-                        .source_ip(Some(authed.peer.ip()))
-                        .target(&authed.target.name)
-                        .session(live.id())
-                        .details(
-                            json!({"protocol": name, "operation": "start", "login": authed.login}),
-                        ),
-                )
-                .await;
-        }
-        Kind::Shell => {}
-    }
-}
-
-async fn file_transfer(shared: &Shared, authed: &Authed, live: &Live, details: serde_json::Value) {
-    shared
-        .deps
-        .audit
-        .note(
-            AuditEvent::new(EventKind::SshFileTransfer, Outcome::Success)
-                .actor(authed.principal.email())
-                .source_ip(Some(authed.peer.ip()))
-                .target(&authed.target.name)
-                .session(live.id())
-                .details(details),
-        )
-        .await;
+        Kind::Subsystem(name) => vec![event(
+            EventKind::SshFileTransfer,
+            json!({"protocol": name, "operation": "start", "login": authed.login}),
+        )],
+        Kind::Shell => return Ok(()),
+    };
+    shared.deps.audit.gate_all(events).await
 }
 
 /// Records a refused forwarding request through the policy gate.

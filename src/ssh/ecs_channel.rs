@@ -82,7 +82,6 @@ pub(crate) async fn run(
             return;
         }
     };
-    let principal = &authed.principal;
     let meta = serde_json::to_value(shell.meta()).unwrap_or_default();
     let recorder = live.recorder().cloned();
     if pty_pending {
@@ -96,22 +95,8 @@ pub(crate) async fn run(
             .extended_data_bytes(1, Bytes::from(format!("{message}\r\n")))
             .await;
     }
-    if let Some(command) = &command {
-        shared
-            .deps
-            .audit
-            .note(
-                AuditEvent::new(EventKind::SshExec, Outcome::Success)
-                    .actor(principal.email())
-                    .source_ip(Some(authed.peer.ip()))
-                    .target(&authed.target.name)
-                    .session(live.id())
-                    .details(json!({"command": command, "ecs": meta})),
-            )
-            .await;
-        if let Some(r) = &recorder {
-            let _ = r.input(Bytes::from(format!("{command}\n"))).await;
-        }
+    if let (Some(command), Some(r)) = (&command, &recorder) {
+        let _ = r.input(Bytes::from(format!("{command}\n"))).await;
     }
 
     // Relay: client → container on a task, container → client here.
@@ -359,12 +344,27 @@ async fn start(
         Ok(live) => live,
         Err(e) => return Err((e.to_string(), None)),
     };
-    let executed = match selected {
-        Ok(selected) => {
-            crate::ecs::execute(selected, target, &shared.deps.aws, command, size).await
-        }
-        Err(e) => Err(e),
+    let selected = match selected {
+        Ok(selected) => selected,
+        Err(e) => return Err((e.to_string(), Some(live))),
     };
+    // The command is on record (durable) before ExecuteCommand runs it.
+    if let Some(command) = command {
+        let exec = AuditEvent::new(EventKind::SshExec, Outcome::Success)
+            .actor(authed.principal.email())
+            .source_ip(Some(authed.peer.ip()))
+            .target(&authed.target.name)
+            .session(live.id())
+            .details(json!({"command": command, "ecs": {
+                "cluster": target.cluster,
+                "task_arn": selected.task_arn(),
+                "container": selected.container(),
+            }}));
+        if let Err(e) = shared.deps.audit.gate(exec).await {
+            return Err((format!("refused: {e}"), Some(live)));
+        }
+    }
+    let executed = crate::ecs::execute(selected, target, &shared.deps.aws, command, size).await;
     match executed {
         Ok(shell) => Ok((live, shell)),
         Err(e) => Err((e.to_string(), Some(live))),

@@ -85,7 +85,14 @@ pub(crate) async fn nothing_lost(app: &TestApp) {
 
 /// A broker whose PostgreSQL store is reached through a fault proxy.
 async fn proxied_pg_world() -> Option<(World, FaultProxy, u16)> {
-    let sshd = Sshd::start().await;
+    proxied_pg_world_with(Sshd::start().await, "").await
+}
+
+/// [`proxied_pg_world`] with more configuration (`extra`).
+pub(crate) async fn proxied_pg_world_with(
+    sshd: Sshd,
+    extra: &str,
+) -> Option<(World, FaultProxy, u16)> {
     let dir = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(dir.path()).await;
     if !database.is_postgres() {
@@ -101,7 +108,7 @@ async fn proxied_pg_world() -> Option<(World, FaultProxy, u16)> {
         .unwrap()
         .port()
         .unwrap_or(5432);
-    let w = crate::faults_disk::world_from(sshd, dir, proxied, None, "").await;
+    let w = crate::faults_disk::world_from(sshd, dir, proxied, None, extra).await;
     Some((w, proxy, pg_port))
 }
 

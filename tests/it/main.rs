@@ -17,6 +17,7 @@ mod faults_disk;
 mod faults_idp_aws;
 mod faults_shutdown;
 mod faults_store;
+mod faults_store_gate;
 mod faults_target;
 mod fleet;
 mod identity;
