@@ -39,38 +39,16 @@ impl Identity {
                 "cli_challenge must be a base64url S256 PKCE challenge".into(),
             ));
         }
-        self.check_ip_lock(client).await?;
-        let state = oidc::random_token(24);
-        let nonce = oidc::random_token(24);
-        let pkce = oidc::pkce();
-        let now = now_us();
-        let url = match oidc
-            .authorize_url(&state, &nonce, &pkce.challenge, login_hint)
-            .await
-        {
-            Ok(url) => url,
-            Err(e) => return Err(self.idp_outage(client, LoginMethod::Sso, &e).await),
-        };
-        store::identity::insert_login_request(
-            &self.inner.db,
-            &store::identity::LoginRequest {
-                id: state,
-                kind: "browser".into(),
-                nonce: Some(nonce),
-                pkce_verifier: Some(pkce.verifier),
-                cli_redirect: Some(format!("http://127.0.0.1:{cli_port}/callback")),
-                cli_challenge: Some(cli_challenge.to_owned()),
-                browser_binding: Some(browser_binding(browser)),
-                source_ip: client.ip.map(|ip| ip.to_string()),
-                user_agent: client.user_agent.clone(),
-                created_at: now,
-                expires_at: now + LOGIN_REQUEST_TTL.as_micros() as i64,
-                ..Default::default()
-            },
+        self.begin_authorization(
+            oidc,
+            "browser",
+            format!("http://127.0.0.1:{cli_port}/callback"),
+            Some(cli_challenge.to_owned()),
+            login_hint,
+            browser,
+            client,
         )
         .await
-        .map_err(unavailable)?;
-        Ok(url)
     }
 
     /// Starts a web view login: returns the IdP URL to send the browser to.
@@ -88,6 +66,34 @@ impl Identity {
                 "next must be a path under /ui/".into(),
             ));
         }
+        self.begin_authorization(
+            oidc,
+            "web",
+            return_to.to_owned(),
+            None,
+            login_hint,
+            browser,
+            client,
+        )
+        .await
+    }
+
+    /// What both kinds of browser login share: the source's lockout, a
+    /// fresh state, nonce and PKCE pair, the IdP's authorization URL (an
+    /// IdP outage is audited, not blamed on the user), and the pending
+    /// request bound to this browser. `redirect` is where the login ends:
+    /// the CLI's loopback listener or a web view path.
+    #[allow(clippy::too_many_arguments)]
+    async fn begin_authorization(
+        &self,
+        oidc: &Oidc,
+        kind: &str,
+        redirect: String,
+        cli_challenge: Option<String>,
+        login_hint: Option<&str>,
+        browser: &str,
+        client: &Client,
+    ) -> Result<String, LoginError> {
         self.check_ip_lock(client).await?;
         let state = oidc::random_token(24);
         let nonce = oidc::random_token(24);
@@ -104,10 +110,11 @@ impl Identity {
             &self.inner.db,
             &store::identity::LoginRequest {
                 id: state,
-                kind: "web".into(),
+                kind: kind.into(),
                 nonce: Some(nonce),
                 pkce_verifier: Some(pkce.verifier),
-                cli_redirect: Some(return_to.to_owned()),
+                cli_redirect: Some(redirect),
+                cli_challenge,
                 browser_binding: Some(browser_binding(browser)),
                 source_ip: client.ip.map(|ip| ip.to_string()),
                 user_agent: client.user_agent.clone(),
